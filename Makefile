@@ -1,0 +1,66 @@
+# sercon: `make test-linux` is the main job, `make test` runs everything.
+# Every target that needs the tools depends on `setup`, so each works on a fresh Debian machine.
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+STAMP       := $(VENV)/.sercon-installed
+PYTEST_ARGS ?=
+# Debian packages the tests need: QEMU (with qemu-img), openssl (hashes guest passwords),
+# dpkg-dev-free unpacking uses dpkg-deb which every Debian has.
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv
+
+.PHONY: setup system-packages images test test-unit test-linux test-windows lint bench clean clean-cache
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-packages
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,lint]'
+	@touch $(STAMP)
+
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "run: sudo apt-get install -y --no-install-recommends$$missing"; exit 1; \
+	  fi; \
+	fi
+	@apt-cache policy linux-image-amd64 | grep -q 'Candidate: [0-9]' || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -q; else echo "run: sudo apt-get update"; exit 1; fi; }
+
+images: setup
+	$(VENV)/bin/sercon image build linux-initramfs
+
+test-unit: setup
+	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
+
+test-linux: images
+	$(PY) -m pytest tests/linux -v -p no:cacheprovider $(PYTEST_ARGS)
+
+test-windows: images
+	$(PY) -m pytest tests/windows -v -p no:cacheprovider $(PYTEST_ARGS)
+
+test: images
+	$(PY) -m pytest tests -v -p no:cacheprovider --ignore=tests/bench $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check emulator harness tests
+	$(VENV)/bin/mypy
+
+bench: images
+	$(PY) tests/bench/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info build
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+clean-cache:
+	rm -rf $${SERCON_CACHE:-$$HOME/.cache/sercon}/images

@@ -1,0 +1,177 @@
+"""The control socket: JSON lines between a guest's owner and the processes that command it.
+
+`control.sock` in the guest's folder. A client sends one JSON object a line,
+`{"op": "sysrq", "keys": "reisub"}`, and gets one back: `{"ok": true, "result": ...}` or
+`{"ok": false, "error": {"type": "InvalidSysRqKey", "message": "..."}}`. The error type is an
+`emulator.errors` class name, re-raised as such by `ControlClient`. The op `subscribe` turns the
+connection into a stream of event records (one JSON object a line) until the client closes it.
+
+Ops: info, sysrq(keys, interval), send_break, nmi, reset, restart(timeout), power_cycle, screenshot(path),
+log(start, length), events(since), qmp(command, arguments), stop, subscribe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ERROR_CLASSES, ControlError, GuestNotRunning, SerconError, UnknownGuest
+from .serial_log import EventLog, read_log
+
+if TYPE_CHECKING:
+    from .owner import ConsoleOwner
+
+MAX_LINE = 1024 * 1024
+
+
+class ControlServer:
+    def __init__(self, owner: ConsoleOwner, path: Path) -> None:
+        self.owner = owner
+        self.path = path
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self._server = await asyncio.start_unix_server(self._handle, path=str(self.path), limit=MAX_LINE)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.path.unlink(missing_ok=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+                        raise ControlError('a request is a JSON object with an "op" string')
+                    if request["op"] == "subscribe":
+                        await self._subscribe(writer)
+                        return
+                    result = await self.dispatch(request)
+                    reply: dict[str, Any] = {"ok": True, "result": result}
+                except SerconError as exc:
+                    reply = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+                except (ValueError, TypeError) as exc:
+                    reply = {"ok": False, "error": {"type": "ControlError", "message": f"bad request: {exc}"}}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    async def _subscribe(self, writer: asyncio.StreamWriter) -> None:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.owner.subscribers.add(queue)
+        try:
+            writer.write(json.dumps({"ok": True, "result": "subscribed"}).encode() + b"\n")
+            await writer.drain()
+            while True:
+                record = await queue.get()
+                writer.write(json.dumps(record).encode() + b"\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            self.owner.subscribers.discard(queue)
+
+    async def dispatch(self, request: dict[str, Any]) -> Any:
+        owner, op = self.owner, request["op"]
+        if op == "info":
+            return owner.info()
+        if op == "sysrq":
+            return await owner.sysrq(str(request.get("keys", "")), float(request.get("interval", 0.1)))
+        if op == "send_break":
+            await owner.send_break()
+            owner.record("break", source="control")
+            return None
+        if op == "nmi":
+            return await owner.nmi()
+        if op == "reset":
+            return await owner.reset()
+        if op == "restart":
+            return await owner.restart(float(request.get("timeout", 60)))
+        if op == "power_cycle":
+            return await owner.power_cycle()
+        if op == "screenshot":
+            return await owner.screenshot(str(request["path"]))
+        if op == "log":
+            chunk = read_log(owner.serial_log.path, int(request.get("start", 0)), request.get("length"))
+            return {"start": chunk.start, "size": chunk.size, "data": base64.b64encode(chunk.data).decode()}
+        if op == "events":
+            since = float(request.get("since", 0))
+            return [e for e in EventLog.read(owner.events.path) if e["time"] >= since]
+        if op == "qmp":
+            return await owner.qmp_passthrough(str(request["command"]), request.get("arguments"))
+        if op == "stop":
+            await owner.stop()
+            return None
+        raise ControlError(f"unknown op {op!r}")
+
+
+class ControlClient:
+    """Blocking client for one guest's control socket."""
+
+    def __init__(self, path: Path, timeout: float | None = 120.0) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def _connect(self) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(str(self.path))
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            sock.close()
+            raise UnknownGuest(f"no guest owner is listening on {self.path} (is the guest up? see `sercon ls`)") from exc
+        return sock
+
+    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        sock = self._connect()
+        if timeout is not None:
+            sock.settimeout(timeout)
+        try:
+            sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
+            reply = _read_json_line(sock)
+        finally:
+            sock.close()
+        if reply is None:
+            raise GuestNotRunning(f"the guest owner closed the control connection during {op!r}")
+        if reply.get("ok"):
+            return reply.get("result")
+        error = reply.get("error", {})
+        cls = ERROR_CLASSES.get(error.get("type", ""), SerconError)
+        raise cls(error.get("message", "unknown error"))
+
+    def subscribe(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield event records as they happen. Stops when the owner goes away."""
+        sock = self._connect()
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(b'{"op": "subscribe"}\n')
+            buffered = sock.makefile("rb")
+            first = buffered.readline()
+            if not first:
+                return
+            for line in buffered:
+                yield json.loads(line)
+        finally:
+            sock.close()
+
+
+def _read_json_line(sock: socket.socket) -> dict[str, Any] | None:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        data += chunk
+    result: dict[str, Any] = json.loads(data)
+    return result

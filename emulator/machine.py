@@ -1,0 +1,302 @@
+"""`Machine`: the Python handle on one guest, for scripts, the CLI and the pytest plugin.
+
+    from emulator import Machine
+    with Machine("linux-initramfs") as m:      # builds the image if needed, boots it
+        m.sysrq("h")
+        m.nmi()
+        m.reset()
+        print(m.read_log(-2000).decode())
+
+`start()` launches the guest's owner process (`emulator.daemon`), which keeps running until
+`stop()`; `Machine.attach(name)` reaches a guest someone else started (`sercon up`). Every action
+goes through the owner's control socket, so a script, the CLI and a human at `sercon attach` all
+see the same guest, the same log and the same events.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from . import paths
+from .console_socket import open_console
+from .control import ControlClient
+from .errors import ERROR_CLASSES, GuestDied, GuestExists, SerconError, UnknownGuest
+from .images import DEFAULT_IMAGE, resolve_image
+from .qemu_args import find_qemu
+from .serial_log import EventLog, read_log, tail_lines
+from .spec import GuestSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+#: Covers the KVM probe (6 s, once per host boot) plus QEMU start on a loaded machine.
+START_TIMEOUT = 60.0
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise SerconError(f"invalid guest name {name!r}: use letters, digits, '.', '_' and '-' (max 63)")
+    return name
+
+
+class Machine:
+    """One guest: a QEMU process with a 16550 on COM1, owned by a console owner process."""
+
+    def __init__(self, spec: GuestSpec | str = DEFAULT_IMAGE, name: str | None = None, **overrides: Any) -> None:
+        self._spec_source = spec
+        self._overrides = overrides
+        self.spec: GuestSpec | None = spec if isinstance(spec, GuestSpec) else None
+        self.name = check_name(name) if name else None
+        self.folder: Path | None = paths.guest_dir(self.name) if self.name else None
+        self._started_here = False
+
+    # ------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def attach(cls, name: str) -> Machine:
+        """The running guest called `name` (started by `sercon up`, a test, or another script)."""
+        machine = cls(name=name)
+        if not machine.is_running():
+            raise UnknownGuest(f"no running guest named {name!r}; `sercon ls` lists them")
+        spec = machine.info().get("spec")
+        machine.spec = GuestSpec.from_dict(spec) if spec else None
+        return machine
+
+    @staticmethod
+    def running() -> list[str]:
+        root = paths.guests_dir()
+        if not root.is_dir():
+            return []
+        return sorted(d.name for d in root.iterdir() if (d / "control.sock").exists() and Machine(name=d.name).is_running())
+
+    def is_running(self) -> bool:
+        if self.folder is None:
+            return False
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(self.folder / "control.sock"))
+            return True
+        except OSError:
+            return False
+        finally:
+            sock.close()
+
+    def _pick_name(self, image: str | None) -> str:
+        base = re.sub(r"[^A-Za-z0-9_.-]", "-", image or "guest")[:50] or "guest"
+        for n in range(1, 1000):
+            candidate = f"{base}-{n}"
+            folder = paths.guest_dir(candidate)
+            if not folder.exists() or not Machine(name=candidate).is_running():
+                return candidate
+        raise SerconError("too many guests; stop some with `sercon down`")
+
+    def start(self, timeout: float = START_TIMEOUT) -> Machine:
+        """Build the image if needed, start the owner and QEMU; returns once the guest is powered on."""
+        find_qemu()  # fail early with the package name
+        if self.spec is None:
+            self.spec = resolve_image(str(self._spec_source), **self._overrides)
+        elif self._overrides:
+            self.spec = self.spec.replace(**{k: v for k, v in self._overrides.items() if v is not None})
+        self.spec.validate()
+        if self.name is None:
+            self.name = self._pick_name(self.spec.image)
+        self.folder = paths.guest_dir(self.name)
+        if self.is_running():
+            raise GuestExists(f"a guest named {self.name!r} is already running; `sercon down {self.name}` first")
+        self._prepare_folder(self.folder)
+        spec_file = self.folder / "spec.json"
+        spec_file.write_text(self.spec.to_json())
+        env = dict(os.environ)
+        # The owner imports `emulator` from wherever this process did (works from a checkout too).
+        pkg_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        with (self.folder / "owner.log").open("ab") as owner_log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "emulator.daemon", "--name", self.name, "--folder", str(self.folder),
+                 "--spec", str(spec_file)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=owner_log,
+                start_new_session=True, env=env,
+            )
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        line = proc.stdout.readline().decode() if ready else ""
+        proc.stdout.close()
+        if line.startswith("READY "):
+            self._started_here = True
+            return self
+        if line.startswith("ERROR "):
+            error = json.loads(line[6:])
+            proc.wait(timeout=10)
+            raise ERROR_CLASSES.get(error["type"], SerconError)(error["message"])
+        proc.kill()
+        log_tail = (self.folder / "owner.log").read_text(errors="replace")[-2000:]
+        raise SerconError(f"the guest owner did not start within {timeout:.0f}s; owner.log ends:\n{log_tail}")
+
+    @staticmethod
+    def _prepare_folder(folder: Path) -> None:
+        """A fresh folder for a new run; the previous run's logs move to `previous/`."""
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / "serial.log").exists():
+            previous = folder / "previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            previous.mkdir()
+            for item in ("serial.log", "events.jsonl", "qemu.log", "owner.log", "spec.json"):
+                if (folder / item).exists():
+                    (folder / item).rename(previous / item)
+        for sock in ("control.sock", "console.sock"):
+            (folder / sock).unlink(missing_ok=True)
+        path_len = len(str(folder / "console.sock"))
+        if path_len > 107:
+            raise SerconError(f"{folder} is too deep for a unix socket path ({path_len} > 107 characters); "
+                              "set SERCON_HOME to a shorter folder")
+
+    def stop(self) -> None:
+        """Power off and end the owner. The folder (serial log, events) stays for inspection."""
+        if self.is_running():
+            try:
+                self._control().call("stop", timeout=30)
+            except (SerconError, OSError):
+                pass
+        # Wait for the owner to remove its socket, so a new guest may take the name at once.
+        deadline = time.monotonic() + 10
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def __enter__(self) -> Machine:
+        if not self.is_running():
+            self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    # --------------------------------------------------------------- control
+
+    def _control(self) -> ControlClient:
+        if self.folder is None:
+            raise UnknownGuest("this Machine has not been started")
+        return ControlClient(self.folder / "control.sock")
+
+    def _call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+        return self._control().call(op, timeout=timeout, **args)
+
+    def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("info")
+        owner_file = self.folder / "owner.json" if self.folder else None
+        if owner_file and owner_file.exists():
+            result.update({"rfc2217_port": json.loads(owner_file.read_text()).get("rfc2217_port")})
+        return result
+
+    @property
+    def state(self) -> str:
+        return str(self.info()["state"])
+
+    @property
+    def boot(self) -> int:
+        return int(self.info()["boot"])
+
+    def sysrq(self, keys: str, interval: float = 0.1) -> list[str]:
+        """Send SysRq: one key (`"h"`) or a sequence (`"reisub"`), a BREAK before each key."""
+        result: list[str] = self._call("sysrq", keys=keys, interval=interval)
+        return result
+
+    def send_break(self) -> None:
+        """A BREAK condition on COM1 (what `sysrq()` sends before each key)."""
+        self._call("send_break")
+
+    def nmi(self) -> None:
+        self._call("nmi")
+
+    def reset(self) -> None:
+        """Hard reset; the console stays connected and shows the new boot."""
+        self._call("reset")
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Graceful restart through the ACPI power button; raises ActionFailed if the guest ignores it."""
+        self._call("restart", timeout=timeout + 30, **{"timeout": timeout})
+
+    def power_cycle(self) -> None:
+        """Stop the QEMU process and start a new one; same console, same log."""
+        self._call("power_cycle", timeout=90)
+
+    def screenshot(self, path: str | os.PathLike[str]) -> Path:
+        return Path(self._call("screenshot", path=str(Path(path).resolve())))
+
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        return self._call("qmp", command=command, arguments=arguments or None)
+
+    # ----------------------------------------------------------- log, events
+
+    @property
+    def serial_log_path(self) -> Path:
+        if self.folder is None:
+            raise UnknownGuest("this Machine has not been started")
+        return self.folder / "serial.log"
+
+    def read_log(self, start: int = 0, length: int | None = None) -> bytes:
+        """Serial log bytes from `start` (negative: from the end)."""
+        return read_log(self.serial_log_path, start, length).data
+
+    def read_log_remote(self, start: int = 0, length: int | None = None) -> bytes:
+        result = self._call("log", start=start, length=length)
+        return base64.b64decode(result["data"])
+
+    def log_tail(self, lines: int = 15) -> str:
+        return tail_lines(self.serial_log_path, lines)
+
+    def events(self) -> list[dict[str, Any]]:
+        if self.folder is None:
+            return []
+        return EventLog.read(self.folder / "events.jsonl")
+
+    def wait_for_event(
+        self, match: Callable[[dict[str, Any]], bool] | str, timeout: float = 60.0, since: float | None = None
+    ) -> dict[str, Any]:
+        """The first event (recorded at or after `since`, default: now) that matches; raises on timeout."""
+        test = (lambda e: e["event"] == match) if isinstance(match, str) else match
+        since = time.time() if since is None else since
+        deadline = time.monotonic() + timeout
+        while True:
+            for event in self.events():
+                if event["time"] >= since and test(event):
+                    return event
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching event within {timeout:.0f}s on {self.name}; last console lines:\n"
+                                   f"{self.log_tail()}")
+            if not self.is_running():
+                raise GuestDied(f"the owner of {self.name} is gone; last console lines:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def check_alive(self) -> None:
+        """Raise GuestDied, with the last console lines, if QEMU is not running."""
+        if not self.is_running():
+            raise GuestDied(f"guest {self.name} is not running (its owner is gone); last console lines:\n{self.log_tail()}")
+        info = self.info()
+        if info["state"] == "dead":
+            died = [e for e in self.events() if e["event"] == "qemu_exited"]
+            how = died[-1]["how"] if died else "unknown"
+            raise GuestDied(f"QEMU of guest {self.name} exited unexpectedly ({how}); last console lines:\n{self.log_tail()}")
+
+    # --------------------------------------------------------------- console
+
+    def open_console(self, mode: str = "harness", *, client: str | None = None, from_offset: int | None = None,
+                     notices: bool = False) -> tuple[socket.socket, dict[str, Any]]:
+        """A raw console socket (after the handshake) and the owner's reply ({"offset": ...})."""
+        if self.folder is None:
+            raise UnknownGuest("this Machine has not been started")
+        return open_console(self.folder / "console.sock", mode, client=client or f"python:{os.getpid()}",
+                            from_offset=from_offset, notices=notices)
+
+    def __repr__(self) -> str:
+        return f"Machine(name={self.name!r}, image={self.spec.image if self.spec else None!r})"

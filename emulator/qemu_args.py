@@ -1,0 +1,84 @@
+"""The QEMU command line for a `GuestSpec`, and finding the QEMU binary.
+
+COM1 is QEMU's default `isa-serial` (a 16550A at 0x3F8, IRQ 4) on a socket chardev whose file
+descriptor the console owner already holds, so no byte is emitted before someone reads it.
+QMP arrives the same way. Nothing here starts a process: it is pure, and unit-tested.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from .errors import QemuNotFound
+from .spec import GuestSpec
+
+QEMU_BINARY = "qemu-system-x86_64"
+SERIAL_ID = "com1"
+
+
+def find_qemu() -> str:
+    """Path of qemu-system-x86_64 (or `$SERCON_QEMU`), or a QemuNotFound that names the package."""
+    override = os.environ.get("SERCON_QEMU")
+    if override:
+        if shutil.which(override):
+            return shutil.which(override) or override
+        raise QemuNotFound(f"SERCON_QEMU={override} is not an executable")
+    found = shutil.which(QEMU_BINARY)
+    if not found:
+        raise QemuNotFound(
+            f"{QEMU_BINARY} not found: install it with `apt-get install qemu-system-x86 qemu-utils` "
+            "(or run `make setup` as root), or point SERCON_QEMU at a QEMU binary"
+        )
+    return found
+
+
+def qemu_args(
+    spec: GuestSpec,
+    *,
+    accel: str,
+    serial_fd: int,
+    qmp_fd: int,
+    name: str = "sercon",
+    qemu: str = QEMU_BINARY,
+) -> list[str]:
+    """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm")."""
+    args = [
+        qemu,
+        "-name", f"guest={name}",
+        "-nodefaults",
+        "-no-user-config",
+        "-machine", f"{spec.machine},accel={accel}",
+        "-m", str(spec.memory_mb),
+        "-smp", str(spec.cpus),
+        "-display", "none",
+        "-vga", "std",  # so that `screendump` has a screen to capture
+        # QEMU must survive a guest poweroff so that restart() can power on again in the same process.
+        "-no-shutdown",
+        # Panics are reported (GUEST_PANICKED) but QEMU leaves the guest alone: its own
+        # kernel.panic setting decides whether it reboots.
+        "-action", "panic=none",
+        "-chardev", f"socket,id={SERIAL_ID},fd={serial_fd}",
+        "-serial", f"chardev:{SERIAL_ID}",
+        "-chardev", f"socket,id=qmp,fd={qmp_fd}",
+        "-mon", "chardev=qmp,mode=control",
+    ]
+    if accel == "kvm":
+        args += ["-cpu", "host"]
+    if spec.pvpanic:
+        args += ["-device", "pvpanic"]
+    if spec.kernel:
+        args += ["-kernel", spec.kernel]
+        if spec.initrd:
+            args += ["-initrd", spec.initrd]
+        if spec.append:
+            args += ["-append", spec.append]
+    if spec.disk:
+        drive = f"file={spec.disk},if={spec.disk_interface}"
+        if spec.disk_format:
+            drive += f",format={spec.disk_format}"
+        args += ["-drive", drive]
+        if spec.disk_snapshot:
+            args += ["-snapshot"]
+    args += list(spec.extra_args)
+    return args

@@ -1,0 +1,125 @@
+"""COM1 as an RFC 2217 network serial port on localhost, as ser2net or a terminal server offers it.
+
+Any RFC 2217 client reaches the guest's UART as if it were real hardware:
+`python -m serial.tools.miniterm rfc2217://127.0.0.1:PORT`, or pyserial's
+`serial.serial_for_url("rfc2217://...")`. A client's BREAK becomes a BREAK on the guest's 16550
+(so Ctrl+T Ctrl+B then a key in miniterm is SysRq). Line settings (baud rate, parity) are
+accepted and reported back but change nothing: QEMU's UART is not throttled.
+
+The Telnet/RFC 2217 option state machine is pyserial's own `PortManager`; this module gives it a
+port-like adapter and runs it on the owner's asyncio loop. Connections are `interactive` console
+clients, so the guest's takeover or reject policy applies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from serial import rfc2217
+
+from .errors import SerconError
+
+if TYPE_CHECKING:
+    from .owner import ConsoleClient, ConsoleOwner
+
+log = logging.getLogger("sercon.rfc2217")
+
+
+def escape_iac(data: bytes) -> bytes:
+    return data.replace(b"\xff", b"\xff\xff")
+
+
+class _PortAdapter:
+    """What PortManager expects of a serial port, mapped onto the owner."""
+
+    def __init__(self, owner: ConsoleOwner) -> None:
+        self._owner = owner
+        self.baudrate = 115200
+        self.bytesize = 8
+        self.parity = "N"
+        self.stopbits = 1
+        self.xonxoff = False
+        self.rtscts = False
+        self.rts = True
+        self.dtr = True
+        self.cts = True
+        self.dsr = True
+        self.ri = False
+        self.cd = True
+        self._break = False
+
+    @property
+    def break_condition(self) -> bool:
+        return self._break
+
+    @break_condition.setter
+    def break_condition(self, value: bool) -> None:
+        if value and not self._break:
+            asyncio.get_running_loop().create_task(self._send_break())
+        self._break = bool(value)
+
+    async def _send_break(self) -> None:
+        try:
+            await self._owner.send_break()
+            self._owner.record("break", source="rfc2217")
+        except SerconError as exc:
+            log.warning("BREAK from RFC 2217 client failed: %s", exc)
+
+    def reset_input_buffer(self) -> None:
+        pass
+
+    def reset_output_buffer(self) -> None:
+        pass
+
+
+class _Connection:
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+
+    def write(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+
+class Rfc2217Server:
+    def __init__(self, owner: ConsoleOwner, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.owner = owner
+        self.host = host
+        self.port = port
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer: Any = writer.get_extra_info("peername")
+        label = f"rfc2217:{peer[0]}:{peer[1]}" if peer else "rfc2217"
+        manager = rfc2217.PortManager(_PortAdapter(self.owner), _Connection(writer))
+        client: ConsoleClient | None = None
+        try:
+            client = self.owner.attach("interactive", label, writer, notices=True, encode=escape_iac)
+        except SerconError as exc:
+            writer.write(escape_iac(f"\r\n[sercon] {exc}\r\n".encode()))
+            await writer.drain()
+            writer.close()
+            return
+        try:
+            while data := await reader.read(4096):
+                payload = b"".join(manager.filter(data))
+                if payload:
+                    try:
+                        await self.owner.client_input(client, payload)
+                    except SerconError as exc:
+                        client.notice(str(exc))
+        except ConnectionError:
+            pass
+        finally:
+            self.owner.detach(client)
