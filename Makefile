@@ -6,8 +6,10 @@ PY          := $(VENV)/bin/python
 STAMP       := $(VENV)/.sercon-installed
 PYTEST_ARGS ?=
 # Debian packages the tests need: QEMU (with qemu-img), openssl (hashes guest passwords),
-# dpkg-dev-free unpacking uses dpkg-deb which every Debian has.
-APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv
+# mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
+# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest).
+APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev
 
 .PHONY: setup system-packages images test test-unit test-linux test-windows lint bench clean clean-cache
 
