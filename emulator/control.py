@@ -133,10 +133,11 @@ class ControlClient:
             raise UnknownGuest(f"no guest owner is listening on {self.path} (is the guest up? see `sercon ls`)") from exc
         return sock
 
-    def call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
+    def call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:
+        """Run one op; `io_timeout` bounds the wait for its answer (default: the client's)."""
         sock = self._connect()
-        if timeout is not None:
-            sock.settimeout(timeout)
+        if io_timeout is not None:
+            sock.settimeout(io_timeout)
         try:
             sock.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
             reply = _read_json_line(sock)

@@ -165,7 +165,7 @@ class Machine:
         """Power off and end the owner. The folder (serial log, events) stays for inspection."""
         if self.is_running():
             try:
-                self._control().call("stop", timeout=30)
+                self._control().call("stop", io_timeout=30)
             except (SerconError, OSError):
                 pass
         # Wait for the owner to remove its socket, so a new guest may take the name at once.
@@ -188,8 +188,8 @@ class Machine:
             raise UnknownGuest("this Machine has not been started")
         return ControlClient(self.folder / "control.sock")
 
-    def _call(self, op: str, timeout: float | None = None, **args: Any) -> Any:
-        return self._control().call(op, timeout=timeout, **args)
+    def _call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:
+        return self._control().call(op, io_timeout=io_timeout, **args)
 
     def info(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("info")
@@ -224,11 +224,11 @@ class Machine:
 
     def restart(self, timeout: float = 60.0) -> None:
         """Graceful restart through the ACPI power button; raises ActionFailed if the guest ignores it."""
-        self._call("restart", timeout=timeout + 30, **{"timeout": timeout})
+        self._call("restart", io_timeout=timeout + 30, timeout=timeout)
 
     def power_cycle(self) -> None:
         """Stop the QEMU process and start a new one; same console, same log."""
-        self._call("power_cycle", timeout=90)
+        self._call("power_cycle", io_timeout=90)
 
     def screenshot(self, path: str | os.PathLike[str]) -> Path:
         return Path(self._call("screenshot", path=str(Path(path).resolve())))

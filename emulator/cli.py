@@ -1,0 +1,439 @@
+"""The `sercon` command line.
+
+    sercon up [IMAGE] [--name N]         boot a guest in the background (IMAGE: recipe or kernel/disk path)
+    sercon ls                            running guests
+    sercon attach N [--read-only]        raw terminal; Ctrl+] for the menu (SysRq, NMI, reset, ...)
+    sercon sysrq N KEYS                  BREAK + key, per key ("h", "reisub")
+    sercon nmi|reset|restart|power-cycle N
+    sercon log N [--start OFF] [--follow]
+    sercon events N
+    sercon screenshot N FILE.png
+    sercon qmp N COMMAND [JSON-ARGS]
+    sercon down N|--all
+    sercon image list|build NAME
+
+Errors are one line on stderr (plus the guest's last console lines where they help) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import sys
+import termios
+import time
+import tty
+from pathlib import Path
+from typing import Any
+
+from . import images, paths
+from .errors import ConsoleBusy, SerconError, UnknownGuest
+from .escape import Command, Data, EscapeParser, Unknown, help_text
+from .machine import Machine
+from .serial_log import read_log
+from .sysrq import parse_keys
+
+
+def _machine(name: str) -> Machine:
+    return Machine.attach(name)
+
+
+# ------------------------------------------------------------------- commands
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "memory_mb": args.memory, "cpus": args.cpus, "accel": args.accel, "policy": args.policy,
+        "machine": args.machine,
+    }
+    if args.kernel or args.disk:
+        from .spec import GuestSpec
+
+        spec = GuestSpec(kernel=_abs(args.kernel), initrd=_abs(args.initrd), append=args.append or "console=ttyS0",
+                         disk=_abs(args.disk), image=args.image)
+        if args.append_extra:
+            spec = spec.replace(append=images._insert_before_console(spec.append, args.append_extra))
+        machine = Machine(spec, name=args.name, **overrides)
+    else:
+        image = args.image or images.DEFAULT_IMAGE
+        if args.append:
+            overrides["append"] = args.append
+        if args.append_extra:
+            overrides["append_extra"] = args.append_extra
+        spec = images.resolve_image(image, **overrides)
+        machine = Machine(spec, name=args.name)
+    machine.start()
+    info = machine.info()
+    print(f"guest {machine.name} is {info['state']} (accelerator {info['accel']}: {info['accel_reason']})")
+    print(f"  console:   sercon attach {machine.name}")
+    print(f"  rfc2217:   rfc2217://127.0.0.1:{info.get('rfc2217_port')}")
+    print(f"  serial log {info['serial_log']}")
+    print(f"  sockets:   {machine.folder}/console.sock, {machine.folder}/control.sock")
+    if machine.spec and machine.spec.user:
+        print(f"  login:     {machine.spec.user} / {machine.spec.password}")
+    return 0
+
+
+def _abs(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    names = Machine.running()
+    if not names:
+        print(f"no running guests under {paths.guests_dir()}")
+        return 0
+    print(f"{'NAME':<24} {'STATE':<9} {'BOOT':>4} {'ACCEL':<5} {'IMAGE':<18} {'RFC2217':>7}  INTERACTIVE")
+    for name in names:
+        try:
+            info = Machine(name=name).info()
+        except SerconError:
+            continue
+        print(f"{name:<24} {info['state']:<9} {info['boot']:>4} {info['accel']:<5} {info.get('image') or '-':<18} "
+              f"{info.get('rfc2217_port') or '-':>7}  {info.get('interactive') or '-'}")
+    return 0
+
+
+def cmd_sysrq(args: argparse.Namespace) -> int:
+    parse_keys(args.keys)  # a bad key is reported before contacting the guest
+    sent = _machine(args.name).sysrq(args.keys)
+    print(f"sent SysRq {''.join(sent)} to {args.name}")
+    return 0
+
+
+def cmd_simple(args: argparse.Namespace) -> int:
+    machine = _machine(args.name)
+    action = args.command
+    if action == "nmi":
+        machine.nmi()
+    elif action == "reset":
+        machine.reset()
+    elif action == "restart":
+        machine.restart(timeout=args.timeout)
+    elif action == "power-cycle":
+        machine.power_cycle()
+    print(f"{action}: done ({args.name}, boot {machine.boot})")
+    return 0
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    path = paths.guest_dir(args.name) / "serial.log"
+    if not path.exists():
+        raise UnknownGuest(f"no serial log for {args.name!r} under {paths.guests_dir()}")
+    chunk = read_log(path, args.start, args.length)
+    out = sys.stdout.buffer
+    out.write(chunk.data)
+    out.flush()
+    if not args.follow:
+        return 0
+    offset = chunk.start + len(chunk.data)
+    try:
+        while True:
+            chunk = read_log(path, offset)
+            if chunk.data:
+                out.write(chunk.data)
+                out.flush()
+                offset += len(chunk.data)
+            elif not Machine(name=args.name).is_running():
+                return 0
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    machine = Machine(name=args.name)
+    for event in machine.events():
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+        extra = {k: v for k, v in event.items() if k not in ("time", "event", "offset", "name", "boot")}
+        print(f"{stamp} boot {event.get('boot', '?'):<3} @{event['offset']:<9} {event['event']:<18} "
+              f"{json.dumps(extra) if extra else ''}")
+    return 0
+
+
+def cmd_screenshot(args: argparse.Namespace) -> int:
+    path = _machine(args.name).screenshot(args.file)
+    print(f"screenshot of {args.name} written to {path}")
+    return 0
+
+
+def cmd_qmp(args: argparse.Namespace) -> int:
+    arguments = json.loads(args.arguments) if args.arguments else {}
+    print(json.dumps(_machine(args.name).qmp(args.qmp_command, **arguments), indent=2))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    names = Machine.running() if args.all else [args.name]
+    if not names or names == [None]:
+        raise SerconError("name a guest, or use --all")
+    for name in names:
+        machine = Machine(name=name)
+        if not machine.is_running():
+            raise UnknownGuest(f"no running guest named {name!r}; `sercon ls` lists them")
+        machine.stop()
+        print(f"{name} stopped (its serial log stays in {machine.folder})")
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    if args.action == "list":
+        for name in images.list_recipes():
+            print(name)
+        return 0
+    names = images.list_recipes() if args.all else args.names
+    if not names:
+        raise SerconError("name an image to build (see `sercon image list`), or use --all")
+    for name in names:
+        image = images.build_image(name, force=args.force)
+        print(f"{name}: {image.path}")
+    return 0
+
+
+# --------------------------------------------------------------------- attach
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    machine = _machine(args.name)
+    mode = "read" if args.read_only else "interactive"
+    while True:
+        outcome = _attach_once(machine, mode, args.replay)
+        if outcome != "reconnect":
+            return 0
+        args.replay = 0
+
+
+def _attach_once(machine: Machine, mode: str, replay: int) -> str:
+    from_offset = -replay if replay else None
+    try:
+        sock, _reply = machine.open_console(mode, client=f"cli:{os.environ.get('USER', 'user')}:{os.getpid()}",
+                                            from_offset=from_offset, notices=True)
+    except ConsoleBusy as exc:
+        raise SerconError(f"{exc}") from None
+    stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
+    is_tty = os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if is_tty else None
+    _write(stdout, f"[sercon] attached to {machine.name} ({mode}); Ctrl+] ? for the menu, Ctrl+] q to detach\r\n")
+    parser = EscapeParser()
+    try:
+        if is_tty:
+            tty.setraw(stdin)
+        while True:
+            ready, _, _ = select.select([sock, stdin], [], [])
+            if sock in ready:
+                data = sock.recv(65536)
+                if not data:
+                    return _after_disconnect(machine, stdin, stdout, saved)
+                _write(stdout, data)
+            if stdin in ready:
+                typed = os.read(stdin, 4096)
+                if not typed:
+                    return "quit"
+                for action in parser.feed(typed):
+                    if isinstance(action, Data):
+                        if mode != "read":
+                            sock.sendall(action.data)
+                    elif isinstance(action, Unknown):
+                        _write(stdout, f"\r\n[sercon] unknown menu key {action.key!r}\r\n" + help_text())
+                    elif isinstance(action, Command):
+                        if _menu(machine, action.key, stdin, stdout, saved) == "quit":
+                            _write(stdout, "\r\n[sercon] detached; the guest keeps running\r\n")
+                            return "quit"
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+        sock.close()
+
+
+def _after_disconnect(machine: Machine, stdin: int, stdout: int, saved: list[Any] | None) -> str:
+    if saved is None or not machine.is_running():
+        _write(stdout, "\r\n[sercon] the console connection was closed\r\n")
+        return "quit"
+    _write(stdout, "\r\n[sercon] The serial console connection was closed. To reconnect, press Enter "
+                   "(any other key quits).\r\n")
+    key = os.read(stdin, 1)
+    return "reconnect" if key in (b"\r", b"\n") else "quit"
+
+
+def _menu(machine: Machine, key: str, stdin: int, stdout: int, saved: list[Any] | None) -> str:
+    try:
+        if key == "q":
+            return "quit"
+        if key == "?":
+            _write(stdout, "\r\n" + help_text())
+        elif key == "s":
+            keys = _prompt_line("\r\n[sercon] SysRq key or sequence (e.g. h, reisub): ", stdin, stdout, saved)
+            if keys:
+                machine.sysrq(keys)
+                _write(stdout, f"[sercon] sent SysRq {keys}\r\n")
+        elif key == "n":
+            machine.nmi()
+            _write(stdout, "\r\n[sercon] NMI sent\r\n")
+        elif key == "b":
+            machine.send_break()
+            _write(stdout, "\r\n[sercon] BREAK sent\r\n")
+        elif key == "r":
+            machine.reset()
+            _write(stdout, "\r\n[sercon] reset\r\n")
+        elif key == "R":
+            _write(stdout, "\r\n[sercon] restart requested (ACPI power button)...\r\n")
+            machine.restart()
+        elif key == "p":
+            _write(stdout, "\r\n[sercon] power cycling...\r\n")
+            machine.power_cycle()
+        elif key == "l":
+            _write(stdout, f"\r\n[sercon] serial log: {machine.serial_log_path}\r\n")
+    except SerconError as exc:
+        _write(stdout, f"\r\n[sercon] {exc}\r\n".replace("\n", "\r\n").replace("\r\r", "\r"))
+    return "continue"
+
+
+def _prompt_line(prompt: str, stdin: int, stdout: int, saved: list[Any] | None) -> str:
+    _write(stdout, prompt)
+    line = b""
+    while True:
+        ch = os.read(stdin, 1)
+        if ch in (b"\r", b"\n", b""):
+            _write(stdout, "\r\n")
+            return line.decode(errors="replace").strip()
+        if ch in (b"\x7f", b"\x08"):
+            if line:
+                line = line[:-1]
+                _write(stdout, "\b \b")
+        elif ch == b"\x03":
+            _write(stdout, "^C\r\n")
+            return ""
+        else:
+            line += ch
+            _write(stdout, ch)
+
+
+def _write(fd: int, data: str | bytes) -> None:
+    os.write(fd, data.encode() if isinstance(data, str) else data)
+
+
+# ----------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sercon", description="Virtual serial consoles for real guests.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="boot a guest in the background")
+    up.add_argument("image", nargs="?", help=f"recipe name (default {images.DEFAULT_IMAGE}) or a kernel/disk file")
+    up.add_argument("--name", help="guest name (default: IMAGE-N)")
+    up.add_argument("--kernel", help="kernel file (bzImage or ELF vmlinux)")
+    up.add_argument("--initrd", help="initrd/initramfs for --kernel")
+    up.add_argument("--append", help="kernel command line (replaces the image's)")
+    up.add_argument("--append-extra", help="kernel arguments added before the console= arguments")
+    up.add_argument("--disk", help="disk image (qcow2 or raw)")
+    up.add_argument("--memory", type=int, help="memory in MiB")
+    up.add_argument("--cpus", type=int)
+    up.add_argument("--machine", help="QEMU machine type (default pc)")
+    up.add_argument("--accel", choices=("auto", "tcg", "kvm"))
+    up.add_argument("--policy", choices=("takeover", "reject"), help="second interactive user: take over or refuse")
+    up.set_defaults(func=cmd_up)
+
+    sub.add_parser("ls", help="list running guests").set_defaults(func=cmd_ls)
+
+    attach = sub.add_parser("attach", help="interactive console (Ctrl+] for the menu)")
+    attach.add_argument("name")
+    attach.add_argument("--read-only", action="store_true", help="watch without typing")
+    attach.add_argument("--replay", type=int, default=1024, help="show this many bytes of recent output first")
+    attach.set_defaults(func=cmd_attach)
+
+    sysrq = sub.add_parser("sysrq", help="send SysRq (BREAK + key, per key)")
+    sysrq.add_argument("name")
+    sysrq.add_argument("keys", help="one key (h) or a sequence (reisub)")
+    sysrq.set_defaults(func=cmd_sysrq)
+
+    for action, text in (("nmi", "inject an NMI"), ("reset", "hard reset (console stays connected)"),
+                         ("restart", "graceful restart (ACPI power button)"),
+                         ("power-cycle", "end the QEMU process and start a new one")):
+        p = sub.add_parser(action, help=text)
+        p.add_argument("name")
+        if action == "restart":
+            p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the guest to power off")
+        p.set_defaults(func=cmd_simple)
+
+    log = sub.add_parser("log", help="print the serial log")
+    log.add_argument("name")
+    log.add_argument("--start", type=int, default=0, help="byte offset; negative counts from the end")
+    log.add_argument("--length", type=int, default=None)
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
+    log.set_defaults(func=cmd_log)
+
+    events = sub.add_parser("events", help="boots, resets, panics, actions, with log offsets")
+    events.add_argument("name")
+    events.set_defaults(func=cmd_events)
+
+    shot = sub.add_parser("screenshot", help="save the guest's screen as PNG")
+    shot.add_argument("name")
+    shot.add_argument("file")
+    shot.set_defaults(func=cmd_screenshot)
+
+    qmp = sub.add_parser("qmp", help="run a raw QMP command (recorded in the events)")
+    qmp.add_argument("name")
+    qmp.add_argument("qmp_command", metavar="COMMAND")
+    qmp.add_argument("arguments", nargs="?", help="JSON object of arguments")
+    qmp.set_defaults(func=cmd_qmp)
+
+    down = sub.add_parser("down", help="stop a guest (its logs stay)")
+    down.add_argument("name", nargs="?")
+    down.add_argument("--all", action="store_true")
+    down.set_defaults(func=cmd_down)
+
+    image = sub.add_parser("image", help="list or build image recipes")
+    image.add_argument("action", choices=("list", "build"))
+    image.add_argument("names", nargs="*")
+    image.add_argument("--all", action="store_true")
+    image.add_argument("--force", action="store_true", help="rebuild even if cached")
+    image.set_defaults(func=cmd_image)
+
+    _add_plugin_commands(sub)
+    return parser
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Commands implemented in other modules, passed their remaining arguments untouched."""
+    for name, module, function, text in (
+        ("check", "harness.readiness", "check_main", "check an image's serial-console readiness"),
+        ("serve", "emulator.web.serve", "serve_main", "web console and SSH front end for a fleet"),
+        ("user", "emulator.web.serve", "user_main", "manage fleet users (user add)"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_delegate(module, function))
+
+
+def _delegate(module: str, function: str) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        try:
+            target = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError) as exc:
+            raise SerconError(f"`sercon {args.command}` is not available in this installation ({exc})") from exc
+        result: int = target(args.rest)
+        return result
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+        return result
+    except SerconError as exc:
+        print(f"sercon: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""The sercon pytest plugin (registered through the `pytest11` entry point as `sercon`).
+
+Fixtures:
+- `sercon_spec`: the GuestSpec of `--sercon-image` (built on first use).
+- `guest` / `shell`: one booted guest and a logged-in `LinuxShell` on it, shared by the whole
+  session (tests that only read and run commands).
+- `fresh_guest` / `fresh_shell`: a guest of their own for one test (panic, power cycle, reset).
+- `make_guest`: a factory, `make_guest(append_extra="sysctl.kernel.unknown_nmi_panic=1")`, for
+  guests with other settings; each is stopped at the end of its test.
+
+Options: `--sercon-image NAME|PATH`, `--sercon-accel auto|tcg|kvm`, `--sercon-home DIR` (default:
+a temporary folder, printed at the end so you can `SERCON_HOME=DIR sercon attach NAME` while the
+tests run), `--sercon-keep` (leave guests running after the session, for debugging).
+
+When a test fails, the tail of the serial log of every guest it used is added to the report.
+At the end, a console-path report lists each guest: accelerator, boots, events, log path.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from emulator import DEFAULT_IMAGE, GuestSpec, Machine, resolve_image
+
+from .console import Console
+from .linux import LinuxShell
+
+_STARTED: list[Machine] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sercon", "sercon virtual serial console")
+    group.addoption("--sercon-image", default=os.environ.get("SERCON_IMAGE", DEFAULT_IMAGE),
+                    help="image recipe name or kernel/disk path for the guest fixtures (default: %(default)s)")
+    group.addoption("--sercon-accel", choices=("auto", "tcg", "kvm"), default=None,
+                    help="accelerator for guests (default: $SERCON_ACCEL or auto-probe)")
+    group.addoption("--sercon-home", default=None, help="SERCON_HOME for test guests (default: a temporary folder)")
+    group.addoption("--sercon-keep", action="store_true", help="leave the guests running after the session")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    accel = config.getoption("--sercon-accel")
+    if accel:
+        os.environ["SERCON_ACCEL"] = accel
+
+
+@pytest.fixture(scope="session")
+def sercon_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    chosen = request.config.getoption("--sercon-home")
+    home = Path(chosen) if chosen else tmp_path_factory.mktemp("sercon-home", numbered=True)
+    previous = os.environ.get("SERCON_HOME")
+    os.environ["SERCON_HOME"] = str(home)
+    yield home
+    if previous is None:
+        os.environ.pop("SERCON_HOME", None)
+    else:
+        os.environ["SERCON_HOME"] = previous
+
+
+@pytest.fixture(scope="session")
+def sercon_spec(request: pytest.FixtureRequest) -> GuestSpec:
+    return resolve_image(str(request.config.getoption("--sercon-image")))
+
+
+def _guest_name(request: pytest.FixtureRequest) -> str:
+    """A name that says which test booted the guest, unique in the session."""
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name.removeprefix("test_"))[:36].strip("-.") or "guest"
+    return f"{base}-{len(_STARTED) + 1}"
+
+
+def _start(request: pytest.FixtureRequest, spec: GuestSpec, **overrides: Any) -> Machine:
+    machine = Machine(spec, name=_guest_name(request), **overrides).start()
+    _STARTED.append(machine)
+    return machine
+
+
+def _stop(request: pytest.FixtureRequest, machine: Machine) -> None:
+    if not request.config.getoption("--sercon-keep"):
+        machine.stop()
+
+
+def _login(machine: Machine) -> LinuxShell:
+    shell = LinuxShell(Console.for_machine(machine))
+    spec = machine.spec
+    shell.login((spec.user or "root") if spec else "root", spec.password if spec else "sercon")
+    return shell
+
+
+@pytest.fixture(scope="session")
+def guest(request: pytest.FixtureRequest, sercon_home: Path, sercon_spec: GuestSpec) -> Iterator[Machine]:
+    """A booted guest shared by the session."""
+    machine = _start(request, sercon_spec)
+    yield machine
+    _stop(request, machine)
+
+
+@pytest.fixture(scope="session")
+def shell(guest: Machine) -> Iterator[LinuxShell]:
+    """A logged-in shell on the shared guest."""
+    sh = _login(guest)
+    yield sh
+    sh.console.close()
+
+
+@pytest.fixture
+def fresh_guest(request: pytest.FixtureRequest, sercon_home: Path, sercon_spec: GuestSpec) -> Iterator[Machine]:
+    """A guest of this test's own."""
+    machine = _start(request, sercon_spec)
+    yield machine
+    _stop(request, machine)
+
+
+@pytest.fixture
+def fresh_shell(fresh_guest: Machine) -> Iterator[LinuxShell]:
+    sh = _login(fresh_guest)
+    yield sh
+    sh.console.close()
+
+
+@pytest.fixture
+def make_guest(request: pytest.FixtureRequest, sercon_home: Path, sercon_spec: GuestSpec) -> Iterator[
+        Callable[..., Machine]]:
+    """`make_guest(spec=None, append_extra=..., **GuestSpec fields)`: guests stopped after the test."""
+    made: list[Machine] = []
+
+    def factory(spec: GuestSpec | None = None, append_extra: str | None = None, **fields: Any) -> Machine:
+        base = spec or sercon_spec
+        if append_extra:
+            from emulator.images import _insert_before_console
+
+            fields["append"] = _insert_before_console(base.append, append_extra)
+        machine = _start(request, base.replace(**fields))
+        made.append(machine)
+        return machine
+
+    yield factory
+    for machine in made:
+        _stop(request, machine)
+
+
+def login(machine: Machine) -> LinuxShell:
+    """A logged-in LinuxShell on `machine` with its image's credentials (for tests that reboot)."""
+    return _login(machine)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    seen: set[str] = set()
+    for value in getattr(item, "funcargs", {}).values():
+        machine = value if isinstance(value, Machine) else getattr(getattr(value, "console", None), "machine", None)
+        if isinstance(machine, Machine) and machine.name and machine.name not in seen:
+            seen.add(machine.name)
+            try:
+                tail = machine.log_tail(40)
+            except OSError:
+                continue
+            report.sections.append((f"sercon serial log of {machine.name} (last 40 lines)", tail))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _STARTED:
+        return
+    tr = terminalreporter
+    tr.section("sercon console-path report")
+    home = os.environ.get("SERCON_HOME") or (str(_STARTED[0].folder.parent.parent) if _STARTED[0].folder else "")
+    tr.write_line(f"guests: {len(_STARTED)}   SERCON_HOME={home}")
+    for machine in _STARTED:
+        events = machine.events()
+        kinds: dict[str, int] = {}
+        for event in events:
+            kinds[event["event"]] = kinds.get(event["event"], 0) + 1
+        accel = next((e.get("accel") for e in events if e["event"] == "power_on"), "?")
+        boots = max((e.get("boot", 0) for e in events), default=0)
+        size = machine.serial_log_path.stat().st_size if machine.serial_log_path.exists() else 0
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()) if not k.startswith("console_"))
+        tr.write_line(f"  {machine.name:<22} accel={accel:<4} boots={boots:<3} log={size:>8} B  {summary}")
+    tr.write_line("  (serial logs and events.jsonl stay in each guest's folder under SERCON_HOME)")

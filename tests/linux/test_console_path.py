@@ -1,0 +1,180 @@
+"""The console path on one shared guest: login prompt, shell, SysRq, NMI, log, screenshot, takeover.
+
+These tests only read, run commands and send non-destructive SysRq/NMI, so one booted guest
+serves them all (tests that break their guest live in test_power.py).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from emulator import ConsoleBusy, InvalidSysRqKey, Machine
+from emulator.errors import SerconError
+from harness.console import Console
+from harness.linux import CommandTimeout, LinuxShell
+
+pytestmark = pytest.mark.guest
+
+
+def wait_in_log(machine: Machine, pattern: bytes, start: int, timeout: float = 30.0) -> bytes:
+    """Log bytes from `start` once `pattern` (a regex) shows up in them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = machine.read_log(start)
+        if re.search(pattern, data):
+            return data
+        time.sleep(0.05)
+    raise AssertionError(f"{pattern!r} not in the serial log within {timeout}s; log tail:\n{machine.log_tail()}")
+
+
+def test_login_prompt_on_ttys0_with_16550(shell: LinuxShell, guest: Machine) -> None:
+    log = guest.read_log(0)
+    assert b"ttyS0 at I/O 0x3f8 (irq = 4, base_baud = 115200) is a 16550A" in log
+    assert re.search(rb"sercon login: ", log)
+    uart = shell.run("cat /proc/tty/driver/serial").output
+    assert re.search(r"^0: uart:16550A port:000003F8 irq:4", uart, re.M)
+    assert shell.run("cat /proc/cmdline").output.split()[-1].startswith("console=ttyS0")
+
+
+def test_run_returns_output_and_exit_status(shell: LinuxShell) -> None:
+    result = shell.run("echo hello; echo to-stderr >&2")
+    assert result.output == "hello\nto-stderr\n"
+    assert result.exit_status == 0 and result.ok
+    assert shell.run("false").exit_status == 1
+    assert shell.run("exit_code() { return 42; }; exit_code").exit_status == 42
+    missing = shell.run("ls /no/such/file")
+    assert missing.exit_status != 0 and "No such file" in missing.output
+
+
+def test_shell_state_kept_between_commands(shell: LinuxShell) -> None:
+    shell.run("cd /proc/self && export SERCON_TEST=kept")
+    assert shell.run("pwd").output.strip().startswith("/proc")
+    assert shell.run("echo $SERCON_TEST").output == "kept\n"
+    shell.run("cd /")
+
+
+def test_multiline_and_quotes(shell: LinuxShell) -> None:
+    result = shell.run("for i in 1 2 3; do\n  echo \"it's $i\"\ndone")
+    assert result.output == "it's 1\nit's 2\nit's 3\n"
+    assert shell.run("printf 'no newline'").output == "no newline"
+
+
+def test_kernel_messages_kept_out_of_output(shell: LinuxShell) -> None:
+    # The kernel writes to /dev/console (ttyS0) while the command is running.
+    # printk may defer console output while the UART is busy: the sleep lets it land mid-command.
+    result = shell.run("echo before; echo 'sercon-kmsg-test' > /dev/kmsg; sleep 1; echo after")
+    assert result.output == "before\nafter\n"
+    assert any("sercon-kmsg-test" in line for line in result.kernel_messages)
+    # Old kernel lines that a command prints itself (dmesg) stay in its output.
+    assert "sercon-kmsg-test" in shell.run("dmesg | tail -5").output
+
+
+def test_timeout_interrupts_and_shell_recovers(shell: LinuxShell) -> None:
+    with pytest.raises(CommandTimeout) as caught:
+        shell.run("echo started; sleep 30", timeout=2)
+    assert "started" in caught.value.partial_output
+    assert shell.run("echo alive").output == "alive\n"
+
+
+def test_sysrq_help(guest: Machine, shell: LinuxShell) -> None:
+    start = guest.read_log(0).__len__()
+    assert guest.sysrq("h") == ["h"]
+    data = wait_in_log(guest, rb"sysrq: HELP : .*show-memory-usage\(m\)", start)
+    assert b"loglevel(0-9)" in data
+    assert shell.run("echo still-here").output == "still-here\n"
+
+
+def test_sysrq_sequence_sends_each_key(guest: Machine) -> None:
+    start = len(guest.read_log(0))
+    assert guest.sysrq("MWH") == ["m", "w", "h"]
+    data = wait_in_log(guest, rb"sysrq: HELP", start)
+    memory, blocked, help_ = (data.find(b"sysrq: Show Memory"), data.find(b"sysrq: Show Blocked State"),
+                              data.find(b"sysrq: HELP"))
+    assert -1 < memory < blocked < help_, data[-3000:]
+    assert [e["keys"] for e in guest.events() if e["event"] == "sysrq"][-1] == "mwh"
+
+
+def test_sysrq_invalid_key_rejected(guest: Machine) -> None:
+    start = len(guest.read_log(0))
+    with pytest.raises(InvalidSysRqKey) as caught:
+        guest.sysrq("h!")
+    message = str(caught.value)
+    assert "'!'" in message and "valid keys are" in message and "reisub" in message
+    with pytest.raises(InvalidSysRqKey):
+        guest.sysrq("")
+    time.sleep(0.3)
+    assert b"sysrq" not in guest.read_log(start)
+
+
+def test_nmi_message(guest: Machine, shell: LinuxShell) -> None:
+    start = len(guest.read_log(0))
+    guest.nmi()
+    data = wait_in_log(guest, rb"Dazed and confused, but trying to continue", start)
+    assert re.search(rb"Uhhuh\. NMI received for unknown reason \w+ on CPU 0", data)
+    assert shell.run("echo survived-nmi").output == "survived-nmi\n"
+    assert any(e["event"] == "nmi" for e in guest.events())
+
+
+def test_serial_log_offsets(guest: Machine) -> None:
+    whole = guest.read_log(0)
+    assert guest.read_log(-100) == whole[-100:]
+    assert guest.read_log(10, 20) == whole[10:30]
+    assert guest.read_log_remote(10, 20) == whole[10:30]
+    assert guest.read_log(len(whole) + 1000) == b""
+
+
+def test_screenshot_is_a_png(guest: Machine, tmp_path: object) -> None:
+    from pathlib import Path
+
+    target = Path(str(tmp_path)) / "screen.png"
+    written = guest.screenshot(target)
+    data = written.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 640 and height >= 200
+
+
+def test_takeover_tells_the_first_session_and_keeps_the_guest_shell(guest: Machine, shell: LinuxShell) -> None:
+    first, _ = guest.open_console("interactive", client="alice")
+    second, _ = guest.open_console("interactive", client="bob")
+    first.settimeout(10)
+    notice = b""
+    while chunk := first.recv(4096):
+        notice += chunk
+    assert b"The serial console connection was closed" in notice and b"bob" in notice
+    assert guest.info()["interactive"] == "bob"
+    second.close()
+    assert shell.run("echo shell-survived").output == "shell-survived\n"
+    assert any(e["event"] == "console_takeover" for e in guest.events())
+
+
+def test_read_only_viewer_sees_output_but_cannot_type(guest: Machine, shell: LinuxShell) -> None:
+    viewer = Console.for_machine(guest, mode="read", from_offset=None, client="viewer")
+    try:
+        viewer.send("echo typed-by-viewer\r")
+        shell.run("echo seen-by-viewer")
+        viewer.expect("seen-by-viewer", timeout=10)
+        assert b"typed-by-viewer" not in guest.read_log(-4000)
+    finally:
+        viewer.close()
+
+
+def test_reject_policy_refuses_a_second_session(make_guest: object) -> None:
+    machine = make_guest(policy="reject")  # type: ignore[operator]
+    first, _ = machine.open_console("interactive", client="first")
+    try:
+        with pytest.raises(ConsoleBusy, match="in use by first"):
+            machine.open_console("interactive", client="second")
+        viewer, _ = machine.open_console("read", client="viewer")  # viewers are still welcome
+        viewer.close()
+    finally:
+        first.close()
+    assert any(e["event"] == "console_rejected" for e in machine.events())
+
+
+def test_unknown_guest_is_a_clear_error(sercon_home: object) -> None:
+    with pytest.raises(SerconError, match="no running guest named 'nope'"):
+        Machine.attach("nope")

@@ -1,0 +1,137 @@
+"""Power actions, panics and failures: each test gets a guest of its own, since each breaks it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from emulator import GuestDied, GuestNotRunning, Machine
+from harness.console import Console, ConsoleTimeout
+from harness.linux import LinuxShell
+from harness.pytest_plugin import login
+
+pytestmark = pytest.mark.guest
+
+BOOT_BANNER = rb"Linux version \d"
+
+
+def count(pattern: bytes, data: bytes) -> int:
+    return len(re.findall(pattern, data))
+
+
+def test_wrong_password_refused_then_right_one_works(fresh_guest: Machine) -> None:
+    from harness.linux import LoginFailed
+
+    shell = LinuxShell(Console.for_machine(fresh_guest))
+    with pytest.raises(LoginFailed, match="wrong password"):
+        shell.login("root", "not-the-password")
+    shell.login("root", "sercon")
+    assert shell.run("id -u").output == "0\n"
+
+
+def test_reset_shows_a_new_boot_on_the_same_connection(fresh_guest: Machine) -> None:
+    console = Console.for_machine(fresh_guest)
+    console.expect("login: ", timeout=60)
+    fresh_guest.reset()
+    console.expect(BOOT_BANNER, timeout=60)  # the same socket sees the new boot
+    console.expect("login: ", timeout=60)
+    assert fresh_guest.boot == 2
+    boots = [e for e in fresh_guest.events() if e["event"] == "boot"]
+    assert len(boots) == 1 and boots[0]["reason"].startswith("reset")
+    assert count(BOOT_BANNER, fresh_guest.read_log(0)) == 2
+    # The log offset recorded for the reset is where the second boot starts.
+    assert re.search(BOOT_BANNER, fresh_guest.read_log(boots[0]["offset"]))
+
+
+def test_power_cycle_starts_a_new_qemu_and_keeps_both_boots(fresh_guest: Machine) -> None:
+    console = Console.for_machine(fresh_guest)
+    console.expect("login: ", timeout=60)
+    old_pid = fresh_guest.info()["qemu_pid"]
+    fresh_guest.power_cycle()
+    new_pid = fresh_guest.info()["qemu_pid"]
+    assert new_pid and new_pid != old_pid
+    with pytest.raises(ProcessLookupError):
+        os.kill(old_pid, 0)
+    console.expect(BOOT_BANNER, timeout=60)
+    console.expect("login: ", timeout=60)
+    assert count(BOOT_BANNER, fresh_guest.read_log(0)) == 2
+    kinds = [e["event"] for e in fresh_guest.events()]
+    assert kinds.count("power_on") == 2 and "power_off" in kinds
+
+
+def test_graceful_restart_through_acpi(fresh_guest: Machine) -> None:
+    shell = login(fresh_guest)
+    shell.run("echo ready")
+    fresh_guest.restart(timeout=60)
+    kinds = [e["event"] for e in fresh_guest.events()]
+    assert "restart_requested" in kinds and "guest_poweroff" in kinds
+    assert [e for e in fresh_guest.events() if e["event"] == "boot"][-1]["reason"] == "restart (graceful)"
+    # The guest shut down cleanly (busybox init ran its shutdown) and booted again.
+    shell.console.expect(BOOT_BANNER, timeout=60)
+    shell.console.expect("login: ", timeout=60)
+    assert fresh_guest.state == "running"
+
+
+def test_guest_reboot_is_a_new_boot(fresh_guest: Machine) -> None:
+    shell = login(fresh_guest)
+    shell.console.send("reboot -f\r")
+    shell.console.expect(BOOT_BANNER, timeout=60)
+    shell.console.expect("login: ", timeout=60)
+    boots = [e for e in fresh_guest.events() if e["event"] == "boot"]
+    assert len(boots) == 1 and boots[0]["reason"] == "guest reboot"  # several RESET events, one boot
+
+
+def test_output_without_any_client_is_logged(fresh_guest: Machine) -> None:
+    shell = login(fresh_guest)
+    shell.run("(sleep 2; echo written-while-detached-$((6*7))) >/dev/ttyS0 &")
+    shell.console.close()  # nobody is attached now
+    assert not fresh_guest.info()["clients"]
+    deadline = time.monotonic() + 30
+    while b"written-while-detached-42" not in fresh_guest.read_log(0):
+        assert time.monotonic() < deadline, fresh_guest.log_tail()
+        time.sleep(0.1)
+
+
+def test_nmi_panics_with_unknown_nmi_panic(make_guest: object) -> None:
+    machine: Machine = make_guest(append_extra="sysctl.kernel.unknown_nmi_panic=1")  # type: ignore[operator]
+    console = Console.for_machine(machine)
+    console.expect("login: ", timeout=60)
+    since = time.time()
+    machine.nmi()
+    console.expect("Kernel panic - not syncing: NMI", timeout=30)
+    panic = machine.wait_for_event("panic", timeout=30, since=since)
+    assert panic["source"] in ("pvpanic", "console")
+
+
+def test_qemu_killed_from_outside_is_reported_with_the_log_tail(fresh_guest: Machine) -> None:
+    console = Console.for_machine(fresh_guest)
+    console.expect("login: ", timeout=60)
+    os.kill(fresh_guest.info()["qemu_pid"], signal.SIGKILL)
+    died = fresh_guest.wait_for_event("qemu_exited", timeout=30, since=0)
+    assert died["how"] == "signal 9"
+    with pytest.raises(GuestDied) as caught:
+        fresh_guest.check_alive()
+    assert "signal 9" in str(caught.value) and "login:" in str(caught.value)
+    with pytest.raises(GuestNotRunning, match="exited unexpectedly"):
+        fresh_guest.nmi()
+    with pytest.raises(ConsoleTimeout, match="signal 9"):
+        console.expect("never printed", timeout=1)
+    # The log kept everything up to the kill, and the guest can be powered on again.
+    assert b"login:" in fresh_guest.read_log(0)
+    fresh_guest.power_cycle()
+    console.expect(BOOT_BANNER, timeout=60)
+    assert fresh_guest.state == "running"
+
+
+def test_sysrq_masked_by_kernel_sysrq_16_is_reported(make_guest: object) -> None:
+    machine: Machine = make_guest(append_extra="sysctl.kernel.sysrq=16")  # type: ignore[operator]
+    shell = login(machine)
+    assert shell.run("cat /proc/sys/kernel/sysrq").output == "16\n"
+    start = len(machine.read_log(0))
+    machine.sysrq("m")  # memory dump: not allowed by mask 16 (sync only)
+    shell.console.expect("This sysrq operation is disabled", timeout=30)
+    assert b"Show Memory" not in machine.read_log(start)
