@@ -32,6 +32,7 @@ from . import images, paths
 from .errors import ConsoleBusy, SerconError, UnknownGuest
 from .escape import Command, Data, EscapeParser, Unknown, help_text
 from .machine import Machine
+from .qemu_args import find_qemu
 from .serial_log import read_log
 from .sysrq import parse_keys
 
@@ -44,6 +45,7 @@ def _machine(name: str) -> Machine:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    find_qemu()  # before any image build: say which package is missing first
     overrides: dict[str, Any] = {
         "memory_mb": args.memory, "cpus": args.cpus, "accel": args.accel, "policy": args.policy,
         "machine": args.machine,
