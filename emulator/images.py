@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import inspect
 import json
+import os
 import shutil
 import sys
 import time
@@ -77,8 +78,48 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
     digest.update(inspect.getsource(builder).encode())
     for helper in ("cpio", "kernel", "debian_packages"):
         digest.update(inspect.getsource(importlib.import_module(f"emulator.builders.{helper}")).encode())
-    digest.update(json.dumps(builder.inputs(recipe), sort_keys=True).encode())
+    digest.update(json.dumps(_cached_inputs(recipe, builder, digest.hexdigest()), sort_keys=True).encode())
+    if recipe.get("overrides"):
+        digest.update(json.dumps(recipe["overrides"], sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _apt_state() -> str:
+    """Changes whenever `apt-get update` brings new package lists."""
+    stamps = []
+    for path in ("/var/lib/apt/lists", "/var/cache/apt/pkgcache.bin"):
+        try:
+            stamps.append(str(os.stat(path).st_mtime_ns))
+        except OSError:
+            stamps.append("-")
+    return ":".join(stamps)
+
+
+def _cached_inputs(recipe: dict[str, Any], builder: Any, recipe_digest: str) -> Any:
+    """The builder's inputs (package versions), asked of apt only when the package lists changed.
+
+    Resolving versions costs ~2 s of apt-cache calls; every `sercon up` and test session needs the
+    cache key, so the answer is kept per recipe digest and apt state.
+    """
+    memo = paths.cache() / "inputs" / f"{recipe['name']}.json"
+    key = f"{recipe_digest}|{_apt_state()}"
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["key"] == key:
+            return saved["inputs"]
+    except (OSError, ValueError, KeyError):
+        pass
+    inputs = builder.inputs(recipe)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps({"key": key, "inputs": inputs}))
+    return inputs
 
 
 def _stderr_log(name: str) -> Log:
@@ -90,9 +131,17 @@ def _stderr_log(name: str) -> Log:
     return log
 
 
-def build_image(name: str, *, force: bool = False, log: Log | None = None) -> Image:
-    """Build (or find in the cache) the image of recipe `name`."""
+def build_image(name: str, *, force: bool = False, log: Log | None = None,
+                overrides: dict[str, Any] | None = None) -> Image:
+    """Build (or find in the cache) the image of recipe `name`.
+
+    `overrides` is merged into the recipe's data (nested tables merged key by key), e.g.
+    `{"settings": {"getty": "masked"}}`: a variant of the recipe, cached under its own hash.
+    """
     recipe = load_recipe(name)
+    if overrides:
+        recipe = _merge(recipe, overrides)
+        recipe["overrides"] = overrides
     log = log or _stderr_log(name)
     key = recipe_hash(recipe)
     root = paths.cache() / "images"
