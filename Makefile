@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
 # tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
-                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio
 
 .PHONY: setup system-packages images test test-unit test-linux test-windows lint bench clean clean-cache
 

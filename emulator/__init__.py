@@ -23,7 +23,18 @@ from .machine import Machine
 from .spec import GuestSpec
 
 __all__ = [
-    "ActionFailed", "ConsoleBusy", "DEFAULT_IMAGE", "GuestDied", "GuestNotRunning", "GuestSpec",
-    "InvalidSysRqKey", "Machine", "QemuNotFound", "SerconError", "UnknownGuest", "UnknownImage",
-    "build_image", "resolve_image",
+    "DEFAULT_IMAGE",
+    "ActionFailed",
+    "ConsoleBusy",
+    "GuestDied",
+    "GuestNotRunning",
+    "GuestSpec",
+    "InvalidSysRqKey",
+    "Machine",
+    "QemuNotFound",
+    "SerconError",
+    "UnknownGuest",
+    "UnknownImage",
+    "build_image",
+    "resolve_image",
 ]

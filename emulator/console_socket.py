@@ -46,7 +46,7 @@ class ConsoleServer:
             hello = json.loads(await asyncio.wait_for(reader.readline(), timeout=10))
             if not isinstance(hello, dict) or hello.get("mode") not in MODES:
                 raise ControlError(f"console handshake needs a mode, one of {', '.join(MODES)}")
-        except (ValueError, asyncio.TimeoutError, ConnectionError, ControlError) as exc:
+        except (TimeoutError, ValueError, ConnectionError, ControlError) as exc:
             await _reply(writer, {"ok": False, "error": {"type": "ControlError", "message": f"bad handshake: {exc}"}})
             writer.close()
             return

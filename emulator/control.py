@@ -130,7 +130,9 @@ class ControlClient:
             sock.connect(str(self.path))
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             sock.close()
-            raise UnknownGuest(f"no guest owner is listening on {self.path} (is the guest up? see `sercon ls`)") from exc
+            raise UnknownGuest(
+                f"no guest owner is listening on {self.path} (is the guest up? see `sercon ls`)"
+            ) from exc
         return sock
 
     def call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:

@@ -18,9 +18,10 @@ import shutil
 import sys
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import paths
 from .errors import ImageBuildError, UnknownImage
@@ -49,7 +50,9 @@ def load_recipe(name: str) -> dict[str, Any]:
     recipe_file = folder / "recipe.toml"
     if "/" in name or name.startswith(".") or not recipe_file.is_file():
         known = ", ".join(list_recipes()) or "none"
-        raise UnknownImage(f"unknown image {name!r}: known recipes are {known}; or give a path to a kernel or disk file")
+        raise UnknownImage(
+            f"unknown image {name!r}: known recipes are {known}; or give a path to a kernel or disk file"
+        )
     with recipe_file.open("rb") as fh:
         recipe = tomllib.load(fh)
     recipe["name"] = name

@@ -78,7 +78,8 @@ class Machine:
         root = paths.guests_dir()
         if not root.is_dir():
             return []
-        return sorted(d.name for d in root.iterdir() if (d / "control.sock").exists() and Machine(name=d.name).is_running())
+        live = (d.name for d in root.iterdir() if (d / "control.sock").exists())
+        return sorted(name for name in live if Machine(name=name).is_running())
 
     def is_running(self) -> bool:
         if self.folder is None:
@@ -178,7 +179,9 @@ class Machine:
             self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # --------------------------------------------------------------- control
@@ -281,12 +284,16 @@ class Machine:
     def check_alive(self) -> None:
         """Raise GuestDied, with the last console lines, if QEMU is not running."""
         if not self.is_running():
-            raise GuestDied(f"guest {self.name} is not running (its owner is gone); last console lines:\n{self.log_tail()}")
+            raise GuestDied(
+                f"guest {self.name} is not running (its owner is gone); last console lines:\n{self.log_tail()}"
+            )
         info = self.info()
         if info["state"] == "dead":
             died = [e for e in self.events() if e["event"] == "qemu_exited"]
             how = died[-1]["how"] if died else "unknown"
-            raise GuestDied(f"QEMU of guest {self.name} exited unexpectedly ({how}); last console lines:\n{self.log_tail()}")
+            raise GuestDied(
+                f"QEMU of guest {self.name} exited unexpectedly ({how}); last console lines:\n{self.log_tail()}"
+            )
 
     # --------------------------------------------------------------- console
 

@@ -40,8 +40,8 @@ log = logging.getLogger("sercon.owner")
 State = Literal["starting", "running", "paused", "off", "dead", "stopped"]
 ClientMode = Literal["read", "interactive", "harness"]
 
-#: A guest reboot emits 2-3 RESET events within ~60 ms: one boot, not three.
-RESET_DEBOUNCE_S = 0.5
+#: A guest reboot emits 2-3 RESET events within ~60 ms (spread wider on a loaded host): one boot.
+RESET_DEBOUNCE_S = 1.5
 #: A console client whose socket has this much unsent data is dropped (it can re-read the log).
 CLIENT_BACKLOG_LIMIT = 16 * 1024 * 1024
 PANIC_TEXT = b"Kernel panic - not syncing"
@@ -179,7 +179,7 @@ class ConsoleOwner:
         self.qmp = QMPClient(self.name)
         try:
             await asyncio.wait_for(self.qmp.connect(qmp_ours), timeout=30)
-        except (QMPError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, QMPError, OSError) as exc:
             await self._kill_qemu()
             raise SerconError(
                 f"QEMU did not answer on QMP ({exc}); its own messages:\n{self._qemu_log_tail()}"
@@ -219,7 +219,8 @@ class ConsoleOwner:
     async def _pump_qmp_events(self, qmp: QMPClient) -> None:
         try:
             async for event in qmp.events:
-                self._on_qmp_event(event["event"], event.get("data", {}))
+                data = event.get("data")
+                self._on_qmp_event(str(event["event"]), data if isinstance(data, dict) else {})
         except (QMPError, EOFError, OSError, asyncio.CancelledError):
             return
 
@@ -275,11 +276,11 @@ class ConsoleOwner:
         if graceful and self.qmp is not None:
             try:
                 await asyncio.wait_for(self.qmp.execute("quit"), timeout=5)
-            except (QMPError, EOFError, OSError, asyncio.TimeoutError):
+            except (TimeoutError, QMPError, EOFError, OSError):
                 pass
         try:
             await asyncio.wait_for(proc.wait(), timeout=5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
 
@@ -299,7 +300,7 @@ class ConsoleOwner:
             if task.get_name() == "serial":
                 try:
                     await asyncio.wait_for(task, timeout=2)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             task.cancel()
         self._tasks = []
@@ -326,7 +327,7 @@ class ConsoleOwner:
         qmp = self._require_running()
         try:
             return await asyncio.wait_for(qmp.execute(command, args), timeout=30)
-        except (QMPError, EOFError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, QMPError, EOFError, OSError) as exc:
             raise ActionFailed(f"QMP {command} failed: {exc}") from exc
 
     async def sysrq(self, keys: str, interval: float = 0.1) -> list[str]:
@@ -363,7 +364,7 @@ class ConsoleOwner:
         # After a guest poweroff (-no-shutdown) QEMU refuses `cont` until a reset has happened.
         try:
             await asyncio.wait_for(self._reset_seen.wait(), timeout=10)
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise ActionFailed("no RESET event after system_reset") from exc
         await self._qmp("cont")
         self.state = "running"
@@ -383,7 +384,7 @@ class ConsoleOwner:
             await self._qmp("system_powerdown")
             try:
                 await asyncio.wait_for(self._shutdown_seen.wait(), timeout=timeout)
-            except asyncio.TimeoutError as exc:
+            except TimeoutError as exc:
                 raise ActionFailed(
                     f"guest {self.name} did not power off within {timeout:.0f}s of the ACPI power button "
                     "(it needs the ACPI button driver and acpid or systemd-logind); use reset for a hard reset"

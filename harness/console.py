@@ -63,7 +63,7 @@ class _Tail:
         return "\n".join(text.splitlines()[-count:])
 
 
-class SerialSpawn(SpawnBase):  # type: ignore[misc]
+class SerialSpawn(SpawnBase):  # type: ignore[type-arg]  # generic only in the stubs
     """pexpect over a pyserial port (any URL pyserial opens)."""
 
     def __init__(self, port: Any, timeout: float = 30, maxread: int = 4096) -> None:
@@ -80,7 +80,7 @@ class SerialSpawn(SpawnBase):  # type: ignore[misc]
             waiting = self.port.in_waiting
             if waiting:
                 data: bytes = self.port.read(min(size, waiting))
-                self._log(data, "read")
+                self._log(data, "read")  # type: ignore[attr-defined]
                 return data
             if deadline is not None and time.monotonic() >= deadline:
                 raise pexpect.TIMEOUT("timeout reading from serial port")
@@ -88,7 +88,7 @@ class SerialSpawn(SpawnBase):  # type: ignore[misc]
 
     def send(self, s: bytes | str) -> int:
         data = s.encode() if isinstance(s, str) else s
-        self._log(data, "send")
+        self._log(data, "send")  # type: ignore[attr-defined]
         written: int = self.port.write(data)
         self.port.flush()
         return written
@@ -104,8 +104,10 @@ class SerialSpawn(SpawnBase):  # type: ignore[misc]
 class Console:
     """Expect-style access to one serial console."""
 
-    def __init__(self, spawn: SpawnBase, *, name: str, tail: _Tail, machine: Machine | None = None,
-                 sock: socket.socket | None = None, port: Any = None, start_offset: int = 0) -> None:
+    def __init__(
+        self, spawn: pexpect.fdpexpect.fdspawn[bytes] | SerialSpawn, *, name: str, tail: _Tail,
+        machine: Machine | None = None, sock: socket.socket | None = None, port: Any = None, start_offset: int = 0,
+    ) -> None:
         self.spawn = spawn
         self.name = name
         self.tail = tail
@@ -121,7 +123,9 @@ class Console:
                     client: str = "harness") -> Console:
         sock, reply = machine.open_console(mode, client=client, from_offset=from_offset)
         tail = _Tail()
-        spawn = pexpect.fdpexpect.fdspawn(sock.fileno(), timeout=30, maxread=65536)
+        spawn: pexpect.fdpexpect.fdspawn[bytes] = pexpect.fdpexpect.fdspawn(
+            sock.fileno(), timeout=30, maxread=65536, encoding=None
+        )
         spawn.logfile_read = tail
         start = from_offset if from_offset is not None and from_offset >= 0 else int(reply["offset"])
         return cls(spawn, name=machine.name or "guest", tail=tail, machine=machine, sock=sock, start_offset=start)
@@ -143,8 +147,8 @@ class Console:
 
     def expect(self, pattern: Pattern | Sequence[Pattern], timeout: float | None = None) -> int:
         """Wait for a pattern (or any of a list); returns its index. Raises ConsoleTimeout/ConsoleClosed."""
-        patterns = list(pattern) if isinstance(pattern, list | tuple) else [pattern]
-        compiled = [re.compile(p.encode()) if isinstance(p, str) else p for p in patterns]
+        patterns: list[Any] = list(pattern) if isinstance(pattern, list | tuple) else [pattern]
+        compiled: list[Any] = [re.compile(p.encode()) if isinstance(p, str) else p for p in patterns]
         try:
             index: int = self.spawn.expect(compiled, timeout=self.default_timeout if timeout is None else timeout)
         except pexpect.TIMEOUT:
@@ -173,7 +177,9 @@ class Console:
 
     @property
     def match(self) -> re.Match[bytes]:
-        match: re.Match[bytes] = self.spawn.match
+        match = self.spawn.match
+        if not isinstance(match, re.Match):
+            raise SerconError("no regular-expression match yet")
         return match
 
     # ------------------------------------------------------------------ sending
@@ -218,6 +224,16 @@ class Console:
             except pexpect.EOF:
                 break
         return got
+
+    def discard_buffered(self) -> bytes:
+        """Forget bytes received but not yet matched (they stay in the serial log); returns them."""
+        pending = bytes(self.spawn.buffer or b"")
+        self.spawn.buffer = b""
+        while True:  # and whatever already waits in the socket, without waiting for more
+            try:
+                pending += self.spawn.read_nonblocking(65536, timeout=0)
+            except (pexpect.TIMEOUT, pexpect.EOF):
+                return pending
 
     def close(self) -> None:
         try:

@@ -138,6 +138,9 @@ class LinuxShell:
         if "\n" in command:
             line = "eval '" + command.replace("'", "'\\''") + "'"
         threshold = self._max_kernel_ts
+        # Bytes that arrived before this command (the rest of a line an earlier expect() matched
+        # into, late kernel output) are not its output.
+        self.console.discard_buffered()
         self.console.send(line + "\r")
         try:
             index = self.console.expect([self.prompt, PANIC], timeout=timeout)

@@ -151,7 +151,7 @@ def login(machine: Machine) -> LinuxShell:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
+    outcome: Any = yield
     report = outcome.get_result()
     if report.when != "call" or not report.failed:
         return
