@@ -1,0 +1,123 @@
+"""Passwords, sessions, CSRF tokens and login rate limiting for the web and SSH front ends.
+
+Passwords are hashed with scrypt (`hashlib.scrypt`, standard library; N=2**15, r=8, p=1, about
+32 MiB and ~100 ms a guess), stored as `scrypt$N$r$p$SALT$HASH` (base64). Sessions live in memory:
+a restart of `sercon serve` logs everyone out. Each session has its own CSRF token, which every
+state-changing request must echo in the `X-CSRF-Token` header.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
+SCRYPT_MAXMEM = 64 * 1024 * 1024
+#: Login attempts allowed per source address and per user name within `RATE_WINDOW` seconds.
+RATE_LIMIT = 5
+RATE_WINDOW = 60.0
+SESSION_LIFETIME = 12 * 3600.0
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, maxmem=SCRYPT_MAXMEM, dklen=32)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Constant-time check; a missing or malformed hash never matches (but costs the same time)."""
+    try:
+        if not stored:
+            raise ValueError("no hash")
+        kind, n, r, p, salt, digest = stored.split("$")
+        if kind != "scrypt":
+            raise ValueError(kind)
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p),
+                             maxmem=SCRYPT_MAXMEM, dklen=len(expected))
+        return hmac.compare_digest(got, expected)
+    except (ValueError, TypeError):
+        hashlib.scrypt(password.encode(), salt=b"0" * 16, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P,
+                       maxmem=SCRYPT_MAXMEM, dklen=32)
+        return False
+
+
+@dataclass
+class Session:
+    token: str
+    user: str
+    csrf: str
+    source: str
+    created: float = field(default_factory=time.time)
+
+    def expired(self) -> bool:
+        return time.time() - self.created > SESSION_LIFETIME
+
+
+class Sessions:
+    def __init__(self) -> None:
+        self._by_token: dict[str, Session] = {}
+
+    def create(self, user: str, source: str) -> Session:
+        session = Session(token=secrets.token_urlsafe(32), user=user, csrf=secrets.token_urlsafe(32), source=source)
+        self._by_token[session.token] = session
+        return session
+
+    def get(self, token: str | None) -> Session | None:
+        if not token:
+            return None
+        session = self._by_token.get(token)
+        if session is None or session.expired():
+            self._by_token.pop(token or "", None)
+            return None
+        return session
+
+    def drop(self, token: str | None) -> None:
+        self._by_token.pop(token or "", None)
+
+    @staticmethod
+    def csrf_ok(session: Session, header: str | None) -> bool:
+        return header is not None and hmac.compare_digest(session.csrf.encode(), header.encode())
+
+
+class RateLimiter:
+    """Sliding window of failed logins, per key (source address, and user name)."""
+
+    def __init__(self, limit: int = RATE_LIMIT, window: float = RATE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = {}
+
+    def _recent(self, key: str) -> deque[float]:
+        now = time.monotonic()
+        queue = self._failures.setdefault(key, deque())
+        while queue and now - queue[0] > self.window:
+            queue.popleft()
+        return queue
+
+    def retry_after(self, *keys: str) -> float:
+        """Seconds until another attempt is allowed (0: allowed now)."""
+        wait = 0.0
+        for key in keys:
+            queue = self._recent(key)
+            if len(queue) >= self.limit:
+                wait = max(wait, self.window - (time.monotonic() - queue[0]))
+        return wait
+
+    def failed(self, *keys: str) -> None:
+        for key in keys:
+            self._recent(key).append(time.monotonic())
+
+    def succeeded(self, *keys: str) -> None:
+        for key in keys:
+            self._failures.pop(key, None)

@@ -1,0 +1,300 @@
+"""The fleet's guests as the front ends see them: start/attach, authorization, actions, consoles.
+
+`FleetHost` is shared by the web server and the SSH server, so both apply the same roles, the
+same console switch and write the same audit records. It talks to each guest's owner over its
+control and console sockets (asyncio, no threads), and reads serial logs straight from the
+guest folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import paths
+from ..errors import (
+    ERROR_CLASSES,
+    ActionFailed,
+    ConsoleBusy,
+    GuestNotRunning,
+    InvalidSysRqKey,
+    SerconError,
+    UnknownGuest,
+)
+from ..images import resolve_image
+from ..machine import Machine
+from ..owner import TAKEOVER_NOTICE
+from ..serial_log import LogChunk, read_log
+from ..sysrq import parse_keys
+from .audit import AuditLog
+from .fleet import Fleet, Vm
+
+#: The Azure console's paste cap.
+PASTE_CAP = 2048
+#: Largest serial-log page one request returns.
+LOG_PAGE_MAX = 1024 * 1024
+TAKEOVER_MARK = TAKEOVER_NOTICE.split("{who}")[0].encode()[-40:]
+ACTIONS = {"restart": "power", "reset": "power", "power-cycle": "power", "nmi": "nmi", "sysrq": "sysrq"}
+
+
+class AccessError(SerconError):
+    """A request the front end refuses; `status` is the HTTP status, `code` a stable short name."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+        if code is not None:
+            self.code = code
+
+
+def status_of(exc: SerconError) -> tuple[int, str]:
+    """HTTP status and code for any sercon error."""
+    if isinstance(exc, AccessError):
+        return exc.status, exc.code
+    if isinstance(exc, UnknownGuest):
+        return 404, "unknown_vm"
+    if isinstance(exc, InvalidSysRqKey):
+        return 422, "invalid_sysrq_key"
+    if isinstance(exc, ConsoleBusy):
+        return 409, "console_busy"
+    if isinstance(exc, GuestNotRunning):
+        return 409, "not_running"
+    if isinstance(exc, ActionFailed):
+        return 409, "action_failed"
+    return 500, "error"
+
+
+@dataclass
+class ConsoleConnection:
+    """One console-socket connection to a guest's owner, after the handshake."""
+
+    vm: Vm
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    mode: str
+    label: str
+    #: Serial-log offset of the first byte this connection delivers (replay included).
+    start: int
+    took_over: str | None
+
+    def close(self) -> None:
+        if not self.writer.is_closing():
+            self.writer.close()
+
+
+class FleetHost:
+    def __init__(self, fleet: Fleet, audit: AuditLog) -> None:
+        self.fleet = fleet
+        self.audit = audit
+        self.console_enabled = fleet.console_enabled
+        self.vm_console: dict[str, bool] = {name: vm.console for name, vm in fleet.vms.items()}
+        self.started: list[Machine] = []
+        self.state_dir = paths.home() / "serve"
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start_guests(self, log: Any = print) -> None:
+        """Start every guest of the fleet that is not already running (blocking; run in a thread)."""
+        specs = {}
+        for vm in self.fleet.vms.values():
+            if Machine(name=vm.guest_name).is_running():
+                log(f"  {vm.name}: attached to the running guest {vm.guest_name}")
+                continue
+            if vm.image not in specs:
+                specs[vm.image] = resolve_image(vm.image)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def boot(vm: Vm) -> None:
+            machine = Machine(specs[vm.image], name=vm.guest_name, **vm.overrides)
+            machine.start()
+            self.started.append(machine)
+            log(f"  {vm.name}: started guest {vm.guest_name}")
+
+        todo = [vm for vm in self.fleet.vms.values()
+                if vm.image in specs and not Machine(name=vm.guest_name).is_running()]
+        with ThreadPoolExecutor(max_workers=max(1, len(todo))) as pool:
+            for future in [pool.submit(boot, vm) for vm in todo]:
+                future.result()
+
+    def stop_guests(self) -> None:
+        for machine in self.started:
+            machine.stop()
+        self.started = []
+
+    # ------------------------------------------------------------ authorization
+
+    def lookup(self, name: str) -> Vm:
+        vm = self.fleet.vm(name)
+        if vm is None:
+            shown = name if len(name) <= 80 else name[:80] + "..."
+            raise AccessError(f"no VM or scale-set instance named {shown!r} in this fleet", 404, "unknown_vm")
+        return vm
+
+    def authorize(self, user: str, name: str, permission: str, source: str, via: str) -> Vm:
+        """The VM if `user` may do `permission` on it; audits and raises AccessError otherwise.
+
+        A user with no role on a VM gets 403 (not 404) so the answer does not depend on the name."""
+        vm = self.lookup(name)
+        if not self.fleet.allowed(user, vm, permission):
+            role = self.fleet.role(user, vm)
+            self.audit.write("denied", user=user, vm=vm.name, source=source, via=via, permission=permission,
+                             role=role)
+            if role is None:
+                raise AccessError(f"user {user!r} has no role on {vm.name}; ask an owner of it for one", 403,
+                                  "no_role")
+            need = "owner" if permission == "configure" else "contributor or owner"
+            raise AccessError(f"{permission} on {vm.name} needs the {need} role; {user!r} is {role}", 403,
+                              "forbidden")
+        return vm
+
+    def console_open(self, vm: Vm) -> bool:
+        return self.console_enabled and self.vm_console.get(vm.name, True)
+
+    def check_console_enabled(self, vm: Vm, user: str, source: str, via: str) -> None:
+        if not self.console_open(vm):
+            scope = "for this fleet" if not self.console_enabled else f"for {vm.name}"
+            self.audit.write("console_refused", user=user, vm=vm.name, source=source, via=via, reason="disabled")
+            raise AccessError(f"the serial console is disabled {scope}; an owner can enable it "
+                              "(boot diagnostics stay available)", 409, "console_disabled")
+
+    def set_console(self, vm: Vm, enabled: bool, user: str, source: str, via: str) -> None:
+        self.vm_console[vm.name] = enabled
+        self.audit.write("console_enabled", user=user, vm=vm.name, source=source, via=via, enabled=enabled)
+
+    # ------------------------------------------------------------ control socket
+
+    def folder(self, vm: Vm) -> Path:
+        return paths.guest_dir(vm.guest_name)
+
+    async def control(self, vm: Vm, op: str, timeout: float = 60.0, **args: Any) -> Any:
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.folder(vm) / "control.sock"),
+                                                                limit=16 * 1024 * 1024)
+        except OSError as exc:
+            raise GuestNotRunning(f"{vm.name}: its owner process is not running (start the fleet again, "
+                                  f"or `sercon up --name {vm.guest_name}`)") from exc
+        try:
+            writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except TimeoutError as exc:
+            raise ActionFailed(f"{vm.name}: {op} did not finish within {timeout:.0f}s") from exc
+        finally:
+            writer.close()
+        if not line:
+            raise GuestNotRunning(f"{vm.name}: the owner closed the control connection during {op}")
+        reply = json.loads(line)
+        if reply.get("ok"):
+            return reply.get("result")
+        error = reply.get("error", {})
+        raise ERROR_CLASSES.get(error.get("type", ""), SerconError)(error.get("message", "unknown error"))
+
+    async def info(self, vm: Vm) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await self.control(vm, "info", timeout=10)
+            return result
+        except SerconError as exc:
+            return {"state": "unreachable", "error": str(exc)}
+
+    async def action(self, user: str, name: str, action: str, source: str, via: str,
+                     body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Power, NMI or SysRq on a VM, authorized and audited."""
+        if action not in ACTIONS:
+            raise AccessError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404, "unknown_action")
+        vm = self.authorize(user, name, ACTIONS[action], source, via)
+        body = body or {}
+        fields: dict[str, Any] = {}
+        if action == "sysrq":
+            keys = body.get("keys")
+            if not isinstance(keys, str):
+                raise AccessError('sysrq needs {"keys": "h"} (one key) or {"keys": "reisub"} (a sequence)', 422,
+                                  "invalid_sysrq_key")
+            try:
+                fields["keys"] = "".join(parse_keys(keys))
+            except InvalidSysRqKey:
+                self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
+                                 error="invalid key", keys=keys[:40])
+                raise
+        started = time.monotonic()
+        try:
+            if action == "sysrq":
+                result = await self.control(vm, "sysrq", keys=fields["keys"], interval=0.1)
+            elif action == "nmi":
+                result = await self.control(vm, "nmi")
+            elif action == "reset":
+                result = await self.control(vm, "reset")
+            elif action == "restart":
+                timeout = float(body.get("timeout", 60))
+                result = await self.control(vm, "restart", timeout=timeout + 30, **{"timeout": timeout})
+            else:
+                result = await self.control(vm, "power_cycle", timeout=120)
+        except SerconError as exc:
+            self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
+                             error=str(exc)[:300], **fields)
+            raise
+        self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=True, **fields)
+        return {"ok": True, "vm": vm.name, "action": action, "result": result,
+                "seconds": round(time.monotonic() - started, 3), **fields}
+
+    def read_log(self, vm: Vm, start: int, length: int | None) -> LogChunk:
+        path = self.folder(vm) / "serial.log"
+        if not path.exists():
+            raise GuestNotRunning(f"{vm.name} has no serial log yet (was it ever started?)")
+        length = LOG_PAGE_MAX if length is None else max(0, min(length, LOG_PAGE_MAX))
+        return read_log(path, start, length)
+
+    async def screenshot(self, vm: Vm) -> bytes:
+        target = self.state_dir / "screenshots" / f"{vm.guest_name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        await self.control(vm, "screenshot", path=str(target))
+        return target.read_bytes()
+
+    # ------------------------------------------------------------ console socket
+
+    async def open_console(self, vm: Vm, mode: str, user: str, source: str, via: str,
+                           from_offset: int | None) -> ConsoleConnection:
+        """A console connection for an authorized user (mode `interactive` or `read`), audited."""
+        label = f"{via}:{user}@{source}"
+        holder = None
+        if mode == "interactive":
+            info = await self.info(vm)
+            holder = info.get("interactive")
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.folder(vm) / "console.sock"))
+        except OSError as exc:
+            raise GuestNotRunning(f"{vm.name}: its owner process is not running") from exc
+        hello = {"mode": mode, "client": label, "from_offset": from_offset, "notices": False}
+        writer.write(json.dumps(hello).encode() + b"\n")
+        try:
+            line = await asyncio.wait_for(reader.readline(), 15)
+        except (TimeoutError, ConnectionError) as exc:
+            writer.close()
+            raise ActionFailed(f"{vm.name}: the console did not answer") from exc
+        reply: dict[str, Any] = json.loads(line) if line else {"ok": False, "error": {"message": "console closed"}}
+        if not reply.get("ok"):
+            writer.close()
+            error = reply.get("error", {})
+            exc_class = ERROR_CLASSES.get(error.get("type", ""), SerconError)
+            self.audit.write("console_refused", user=user, vm=vm.name, source=source, via=via, mode=mode,
+                             reason=error.get("message", "")[:300], holder=holder)
+            raise exc_class(error.get("message", "the console refused the connection"))
+        live = int(reply["offset"])
+        start = live if from_offset is None else (from_offset if from_offset >= 0 else max(0, live + from_offset))
+        start = min(start, live)
+        if holder:
+            self.audit.write("console_takeover", user=user, vm=vm.name, source=source, via=via, previous=holder)
+        self.audit.write("console_connect", user=user, vm=vm.name, source=source, via=via, mode=mode)
+        return ConsoleConnection(vm=vm, reader=reader, writer=writer, mode=mode, label=label, start=start,
+                                 took_over=holder)
+
+    def console_closed(self, conn: ConsoleConnection, user: str, source: str, via: str, reason: str) -> None:
+        conn.close()
+        self.audit.write("console_disconnect", user=user, vm=conn.vm.name, source=source, via=via, mode=conn.mode,
+                         reason=reason)

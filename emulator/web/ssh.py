@@ -1,0 +1,265 @@
+"""The SSH front end: `ssh -p PORT USER+VM@HOST` (or `USER+SET/INDEX`) opens that VM's serial console.
+
+Same users, roles, console switch, takeover policy and audit log as the web console (they share
+one `FleetHost`). Password or public-key login (`ssh_keys` of the user in the fleet file).
+
+Escapes, recognised at the start of a line as in OpenSSH (and as on AWS's serial console):
+`~B` then a key sends SysRq (a BREAK then the key; a BREAK request from the SSH client, which is
+what OpenSSH's own `~B` sends, works the same); `~.` disconnects; `~?` lists the escapes; `~~`
+sends one `~`. After a takeover the session prints Azure's notice and reconnects on Enter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from ..errors import SerconError
+from .auth import RateLimiter, verify_password
+from .guests import TAKEOVER_MARK, ConsoleConnection, FleetHost
+
+HELP = (
+    "\r\nSupported escape sequences (at the start of a line):\r\n"
+    " ~B  then a key: send SysRq (for example ~B h for help); one ~B per key\r\n"
+    " ~.  disconnect\r\n"
+    " ~?  this help\r\n"
+    " ~~  send a single ~\r\n"
+)
+
+
+def ensure_host_key(path: Path) -> asyncssh.SSHKey:
+    if path.is_file():
+        return asyncssh.read_private_key(str(path))
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key.write_private_key(str(path))
+    path.chmod(0o600)
+    return key
+
+
+def split_username(username: str) -> tuple[str, str]:
+    user, sep, vm = username.partition("+")
+    return user, vm if sep else ""
+
+
+class _Server(asyncssh.SSHServer):
+    def __init__(self, front: SshFrontEnd) -> None:
+        self.front = front
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.source = "unknown"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.source = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+
+    def begin_auth(self, username: str) -> bool:
+        user, _ = split_username(username)
+        account = self.front.host.fleet.users.get(user)
+        if account and account.ssh_keys and self.conn is not None:
+            try:
+                self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(account.ssh_keys)))
+            except (ValueError, asyncssh.KeyImportError):
+                pass
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        user, _ = split_username(username)
+        audit = self.front.host.audit
+        address = self.source.rsplit(":", 1)[0]
+        keys = (f"ip:{address}", f"user:{user}")
+        if self.front.limiter.retry_after(*keys) > 0:
+            audit.write("login_rate_limited", user=user, source=self.source, via="ssh")
+            return False
+        account = self.front.host.fleet.users.get(user)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(None, verify_password, password, account.password_hash if account else None)
+        if ok:
+            self.front.limiter.succeeded(f"user:{user}")
+            audit.write("login_ok", user=user, source=self.source, via="ssh", method="password")
+        else:
+            self.front.limiter.failed(*keys)
+            audit.write("login_failed", user=user, source=self.source, via="ssh", method="password")
+        return ok
+
+    def auth_completed(self) -> None:
+        pass
+
+
+class SshFrontEnd:
+    def __init__(self, host: FleetHost) -> None:
+        self.host = host
+        self.limiter = RateLimiter()
+
+    async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        username = process.get_extra_info("username") or ""
+        peer = process.get_extra_info("peername")
+        source = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        user, vm_name = split_username(username)
+        host = self.host
+        try:
+            if not vm_name:
+                raise SerconError(f"say which VM: ssh -p PORT {user}+VM@HOST (or {user}+SET/INDEX)")
+            vm = host.authorize(user, vm_name, "console", source, "ssh")
+            host.check_console_enabled(vm, user, source, "ssh")
+        except SerconError as exc:
+            process.stderr.write(f"sercon: {exc}\r\n".encode())
+            process.exit(1)
+            return
+        process.stdout.write(f"[sercon] serial console of {vm.name} (~? lists escapes)\r\n".encode())
+        from_offset: int | None = -4096
+        while True:
+            try:
+                conn = await host.open_console(vm, "interactive", user, source, "ssh", from_offset)
+            except SerconError as exc:
+                process.stderr.write(f"sercon: {exc}\r\n".encode())
+                process.exit(1)
+                return
+            reason, position = await self.bridge(process, conn, user, source)
+            host.console_closed(conn, user, source, "ssh", reason)
+            if reason in ("quit", "eof"):
+                process.exit(0)
+                return
+            if reason in ("takeover", "idle"):
+                process.stdout.write(b"\r\n[sercon] The serial console connection was closed"
+                                     + (b" after a long time without input" if reason == "idle" else b"")
+                                     + b". To reconnect, press Enter (~. to quit).\r\n")
+                if not await self.wait_for_enter(process):
+                    process.exit(0)
+                    return
+                from_offset = position
+                continue
+            process.stdout.write(f"\r\n[sercon] console closed ({reason})\r\n".encode())
+            process.exit(0)
+            return
+
+    async def wait_for_enter(self, process: asyncssh.SSHServerProcess[bytes]) -> bool:
+        while True:
+            try:
+                data = await process.stdin.read(1024)
+            except asyncssh.BreakReceived:
+                continue
+            if not data or b"~." in data:
+                return False
+            if b"\r" in data or b"\n" in data:
+                return True
+
+    async def bridge(self, process: asyncssh.SSHServerProcess[bytes], conn: ConsoleConnection, user: str,
+                     source: str) -> tuple[str, int]:
+        """Pump both ways until one side ends; returns (reason, serial-log offset reached)."""
+        position = conn.start
+        state = {"reason": ""}
+
+        async def out() -> None:
+            nonlocal position
+            tail = b""
+            while True:
+                data = await conn.reader.read(65536)
+                if not data:
+                    state["reason"] = "takeover" if TAKEOVER_MARK in tail else "guest"
+                    return
+                tail = (tail + data)[-512:]
+                position += len(data)
+                process.stdout.write(data)
+                await process.stdout.drain()
+
+        pump = asyncio.create_task(out())
+        at_line_start = True
+        pending_tilde = False
+        pending_break = False
+        idle = self.host.fleet.idle_timeout
+        last_input = time.monotonic()
+        try:
+            while True:
+                remaining = idle - (time.monotonic() - last_input)
+                read = asyncio.ensure_future(process.stdin.read(4096))
+                done, _ = await asyncio.wait({read, pump}, timeout=max(0.0, remaining),
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if pump in done:
+                    read.cancel()
+                    return state["reason"], position
+                if not done:
+                    read.cancel()
+                    return "idle", position
+                try:
+                    data = read.result()
+                except asyncssh.BreakReceived:
+                    pending_break = True
+                    last_input = time.monotonic()
+                    continue
+                except (asyncssh.TerminalSizeChanged, asyncssh.SignalReceived):
+                    continue
+                if not data:
+                    return "eof", position
+                last_input = time.monotonic()
+                send = bytearray()
+                for byte in data:
+                    ch = bytes([byte])
+                    if pending_break:
+                        pending_break = False
+                        await self.flush(conn, send)
+                        send.clear()
+                        await self.sysrq(process, conn, user, source, ch.decode("latin-1"))
+                        continue
+                    if pending_tilde:
+                        pending_tilde = False
+                        if ch in (b"B", b"b"):
+                            pending_break = True
+                            continue
+                        if ch == b".":
+                            await self.flush(conn, send)
+                            return "quit", position
+                        if ch == b"?":
+                            process.stdout.write(HELP.encode())
+                            continue
+                        if ch == b"~":
+                            send += b"~"
+                            at_line_start = False
+                            continue
+                        send += b"~" + ch
+                        at_line_start = ch in (b"\r", b"\n")
+                        continue
+                    if ch == b"~" and at_line_start:
+                        pending_tilde = True
+                        continue
+                    send += ch
+                    at_line_start = ch in (b"\r", b"\n")
+                await self.flush(conn, send)
+        finally:
+            pump.cancel()
+
+    @staticmethod
+    async def flush(conn: ConsoleConnection, data: bytes | bytearray) -> None:
+        if data:
+            conn.writer.write(bytes(data))
+            await conn.writer.drain()
+
+    async def sysrq(self, process: asyncssh.SSHServerProcess[bytes], conn: ConsoleConnection, user: str,
+                    source: str, key: str) -> None:
+        try:
+            await self.host.action(user, conn.vm.name, "sysrq", source, "ssh", {"keys": key})
+        except SerconError as exc:
+            process.stdout.write(f"\r\n[sercon] SysRq {key!r}: {exc}\r\n".encode())
+
+
+async def start_ssh(host: FleetHost, address: str, port: int, host_key_path: Path) -> tuple[Any, int]:
+    """Start the SSH server; returns (server, bound port)."""
+    front = SshFrontEnd(host)
+    key = ensure_host_key(host_key_path)
+    server = await asyncssh.create_server(
+        lambda: _Server(front), address, port, server_host_keys=[key], process_factory=front.handle,
+        encoding=None, line_editor=False, allow_scp=False, agent_forwarding=False, x11_forwarding=False,
+        keepalive_interval=30, login_timeout=60,
+    )
+    bound = server.sockets[0].getsockname()[1] if server.sockets else port
+    return server, bound
