@@ -1,7 +1,9 @@
 """Builder for kernel + busybox initramfs guests (`builder = "initramfs"`), such as linux-initramfs.
 
 Inputs: a Debian kernel package and busybox-static, both downloaded with apt and unpacked; the
-recipe folder's `rcS` and `inittab`. Output: `vmlinux` (or `bzImage`) and `initramfs.cpio`.
+recipe folder's `rcS` and `inittab`; optionally `programs` (in `[settings]`): C sources in the
+recipe folder, each compiled with the host's `gcc -static -O2` into `/bin/NAME` (the sac-sim
+image's SAC simulator). Output: `vmlinux` (or `bzImage`) and `initramfs.cpio`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ import io
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import ImageBuildError
 from . import debian_packages
@@ -122,6 +125,9 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         cpio.file("etc/inittab", (folder / "inittab").read_bytes())
         cpio.file("etc/init.d/rcS", (folder / "rcS").read_bytes(), 0o755)
         cpio.file("etc/acpi/PWRF/00000080", b"#!/bin/sh\npoweroff\n", 0o755)
+        for source in settings.get("programs", []):
+            log(f"compiling {source} (gcc -static)")
+            cpio.file(f"bin/{Path(source).stem}", compile_static(folder / source, tmp), 0o755)
         cpio.close()
         (out / "initramfs.cpio").write_bytes(blob.getvalue())
 
@@ -133,6 +139,21 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         "user": user,
         "password": password,
     }
+
+
+def compile_static(source: Path, tmp: Path) -> bytes:
+    """A static x86-64 executable built from one C file with the host's gcc."""
+    if not source.is_file():
+        raise ImageBuildError(f"program source not found: {source}")
+    exe = tmp / f"{source.stem}.bin"
+    try:
+        proc = subprocess.run(["gcc", "-static", "-O2", "-Wall", "-o", str(exe), str(source)],
+                              capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise ImageBuildError(f"compiling {source.name} needs gcc: apt-get install gcc libc6-dev") from exc
+    if proc.returncode != 0:
+        raise ImageBuildError(f"gcc failed on {source.name} (is libc6-dev installed?):\n{proc.stderr[-2000:]}")
+    return exe.read_bytes()
 
 
 def _applets(busybox: Path) -> list[str]:
