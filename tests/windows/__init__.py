@@ -1,0 +1,1 @@
+"""The Windows console suite: the SAC driver against the SAC simulator, and against real Windows."""
