@@ -1,0 +1,83 @@
+"""Driving GRUB's menu over a serial console: catch the menu, edit the kernel line, boot it.
+
+What cloud docs tell a user to do at the serial console (e.g. Azure: "reset the VM with the
+console open, press Esc/e in GRUB, append `systemd.unit=rescue.target` or `init=/bin/sh` to the
+`linux` line, Ctrl-X"), done by a program:
+
+    grub = GrubConsole(console)
+    grub.wait_for_menu(timeout=120)          # the countdown line is on the screen
+    grub.edit_kernel_line(" systemd.unit=rescue.target")   # 'e', find the linux line, append, Ctrl-X
+
+GRUB draws with VT100 cursor addressing (`ESC [ row ; col H`), so the entry being edited is read
+back from the screen: each editor row starts at column 3, and a logical line that does not fit
+ends its row with a backslash and continues on the next row.
+"""
+
+from __future__ import annotations
+
+import re
+
+from emulator.errors import SerconError
+
+from .console import Console
+
+MENU_COUNTDOWN = re.compile(rb"The highlighted entry will be executed automatically in \d+s")
+MENU_HELP = re.compile(rb"Use the \^ and v keys to select")
+EDITOR_HELP = re.compile(rb"return to the GRUB menu\.?")
+ROW = re.compile(rb"\x1b\[(\d+);3H([^\x1b]*)")
+CTRL_N, CTRL_E, CTRL_X = b"\x0e", b"\x05", b"\x18"
+
+
+class GrubError(SerconError):
+    """GRUB's screen was not what was expected (no menu, no `linux` line in the entry)."""
+
+
+class GrubConsole:
+    def __init__(self, console: Console) -> None:
+        self.console = console
+
+    def wait_for_menu(self, timeout: float = 120.0) -> None:
+        """Wait until GRUB's menu counts down, then stop the countdown (any key but Enter does)."""
+        self.console.expect(MENU_COUNTDOWN, timeout=timeout)
+
+    def edit_kernel_line(self, extra: str, *, entry_down: int = 0, timeout: float = 30.0) -> str:
+        """Open the highlighted entry (after `entry_down` presses of Down), append `extra` to its
+        `linux` line and boot it with Ctrl-X. Returns the entry's linux line as it was."""
+        for _ in range(entry_down):
+            self.console.send(b"\x1b[B")
+        self.console.send(b"e")
+        self.console.expect(EDITOR_HELP, timeout=timeout)
+        screen = self.console.drain(quiet=0.5, limit=10)
+        lines = editor_lines(screen)
+        index = next((i for i, line in enumerate(lines) if line.strip().startswith(("linux", "linuxefi"))), None)
+        if index is None:
+            raise GrubError("no `linux` line in the GRUB entry being edited; the editor showed:\n" + "\n".join(lines))
+        self.console.send(CTRL_N * index + CTRL_E)
+        self.console.send(extra.encode())
+        self.console.send(CTRL_X)
+        return lines[index].strip()
+
+
+def editor_lines(screen: bytes) -> list[str]:
+    """The logical lines of the entry GRUB's editor drew last in `screen` (wrapped rows joined)."""
+    start = screen.rfind(b"setparams")
+    if start == -1:
+        raise GrubError("GRUB's editor screen did not show the entry (no `setparams` line)")
+    # Back up to the cursor address that precedes `setparams`.
+    start = screen.rfind(b"\x1b[", 0, start)
+    rows: dict[int, str] = {}
+    for match in ROW.finditer(screen, start):
+        text = match.group(2).decode(errors="replace").replace("\r", "").replace("\n", "")
+        rows[int(match.group(1))] = text.rstrip()
+    lines: list[str] = []
+    joining = False
+    for row in sorted(rows):
+        text = rows[row]
+        if joining:
+            lines[-1] += text.rstrip("\\")
+        else:
+            lines.append(text.rstrip("\\"))
+        joining = text.endswith("\\")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
