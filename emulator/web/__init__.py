@@ -5,8 +5,7 @@ limit), audit (JSON-lines audit log), tls (certificates, TLS 1.2 minimum), guest
 guests, authorization and actions, shared by both front ends), web (aiohttp app, REST, websocket
 bridge), ssh (asyncssh server), serve (the `serve` and `user add` commands). Static pages live
 in `static/`; xterm.js comes from npm (`package.json`, installed by `make setup`).
+
+The command functions are `emulator.web.serve.serve_main(argv)` and `user_add_main(argv)`; this
+package imports nothing by itself, so `python -m emulator.web.serve FLEET` runs cleanly.
 """
-
-from .serve import serve_main, user_add_main
-
-__all__ = ["serve_main", "user_add_main"]

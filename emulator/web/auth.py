@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**15, 8, 1
 SCRYPT_MAXMEM = 64 * 1024 * 1024
-#: Login attempts allowed per source address and per user name within `RATE_WINDOW` seconds.
+#: Failed logins allowed per (source address, user) within `RATE_WINDOW` seconds (4x that per address).
 RATE_LIMIT = 5
 RATE_WINDOW = 60.0
 SESSION_LIFETIME = 12 * 3600.0
@@ -91,10 +91,15 @@ class Sessions:
 
 
 class RateLimiter:
-    """Sliding window of failed logins, per key (source address, and user name)."""
+    """Failed logins in a sliding window: per (address, user) pair, and per address.
 
-    def __init__(self, limit: int = RATE_LIMIT, window: float = RATE_WINDOW) -> None:
-        self.limit = limit
+    A pair is blocked after `pair_limit` failures, an address after `address_limit` (guessing
+    many names); neither locks a user out for people at other addresses."""
+
+    def __init__(self, pair_limit: int = RATE_LIMIT, address_limit: int = 4 * RATE_LIMIT,
+                 window: float = RATE_WINDOW) -> None:
+        self.pair_limit = pair_limit
+        self.address_limit = address_limit
         self.window = window
         self._failures: dict[str, deque[float]] = {}
 
@@ -105,19 +110,21 @@ class RateLimiter:
             queue.popleft()
         return queue
 
-    def retry_after(self, *keys: str) -> float:
+    def _keys(self, address: str, user: str) -> list[tuple[str, int]]:
+        return [(f"pair:{address}:{user}", self.pair_limit), (f"ip:{address}", self.address_limit)]
+
+    def retry_after(self, address: str, user: str) -> float:
         """Seconds until another attempt is allowed (0: allowed now)."""
         wait = 0.0
-        for key in keys:
+        for key, limit in self._keys(address, user):
             queue = self._recent(key)
-            if len(queue) >= self.limit:
-                wait = max(wait, self.window - (time.monotonic() - queue[0]))
+            if len(queue) >= limit:
+                wait = max(wait, self.window - (time.monotonic() - queue[-limit]))
         return wait
 
-    def failed(self, *keys: str) -> None:
-        for key in keys:
+    def failed(self, address: str, user: str) -> None:
+        for key, _ in self._keys(address, user):
             self._recent(key).append(time.monotonic())
 
-    def succeeded(self, *keys: str) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    def succeeded(self, address: str, user: str) -> None:
+        self._failures.pop(f"pair:{address}:{user}", None)

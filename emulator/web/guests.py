@@ -31,6 +31,7 @@ from ..owner import TAKEOVER_NOTICE
 from ..serial_log import LogChunk, read_log
 from ..sysrq import parse_keys
 from .audit import AuditLog
+from .auth import RateLimiter
 from .fleet import Fleet, Vm
 
 #: The Azure console's paste cap.
@@ -98,6 +99,8 @@ class FleetHost:
         self.vm_console: dict[str, bool] = {name: vm.console for name, vm in fleet.vms.items()}
         self.started: list[Machine] = []
         self.state_dir = paths.home() / "serve"
+        #: Failed logins, shared by the web and SSH front ends.
+        self.limiter = RateLimiter()
 
     # ------------------------------------------------------------ lifecycle
 

@@ -19,7 +19,7 @@ from typing import Any
 import asyncssh
 
 from ..errors import SerconError
-from .auth import RateLimiter, verify_password
+from .auth import verify_password
 from .guests import TAKEOVER_MARK, ConsoleConnection, FleetHost
 
 HELP = (
@@ -77,18 +77,17 @@ class _Server(asyncssh.SSHServer):
         user, _ = split_username(username)
         audit = self.front.host.audit
         address = self.source.rsplit(":", 1)[0]
-        keys = (f"ip:{address}", f"user:{user}")
-        if self.front.limiter.retry_after(*keys) > 0:
+        if self.front.limiter.retry_after(address, user) > 0:
             audit.write("login_rate_limited", user=user, source=self.source, via="ssh")
             return False
         account = self.front.host.fleet.users.get(user)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, password, account.password_hash if account else None)
         if ok:
-            self.front.limiter.succeeded(f"user:{user}")
+            self.front.limiter.succeeded(address, user)
             audit.write("login_ok", user=user, source=self.source, via="ssh", method="password")
         else:
-            self.front.limiter.failed(*keys)
+            self.front.limiter.failed(address, user)
             audit.write("login_failed", user=user, source=self.source, via="ssh", method="password")
         return ok
 
@@ -99,7 +98,7 @@ class _Server(asyncssh.SSHServer):
 class SshFrontEnd:
     def __init__(self, host: FleetHost) -> None:
         self.host = host
-        self.limiter = RateLimiter()
+        self.limiter = host.limiter
 
     async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         username = process.get_extra_info("username") or ""

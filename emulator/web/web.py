@@ -84,7 +84,7 @@ class WebConsole:
     def __init__(self, host: FleetHost) -> None:
         self.host = host
         self.sessions = Sessions()
-        self.limiter = RateLimiter()
+        self.limiter = host.limiter
         self.sockets: set[web.WebSocketResponse] = set()
 
     # ------------------------------------------------------------ helpers
@@ -146,7 +146,7 @@ class WebConsole:
         if (not isinstance(user, str) or not isinstance(password, str) or not user
                 or len(user) > 64 or len(password) > 1024):
             raise AccessError('send {"user": "...", "password": "..."}', 422, "bad_login")
-        wait = self.limiter.retry_after(f"ip:{address}", f"user:{user}")
+        wait = self.limiter.retry_after(address, user)
         if wait > 0:
             self.host.audit.write("login_rate_limited", user=user, source=source)
             response = json_error(429, "rate_limited", f"too many failed logins; try again in {wait:.0f} s",
@@ -157,10 +157,10 @@ class WebConsole:
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, password, account.password_hash if account else None)
         if not ok:
-            self.limiter.failed(f"ip:{address}", f"user:{user}")
+            self.limiter.failed(address, user)
             self.host.audit.write("login_failed", user=user, source=source)
             raise AccessError("wrong user name or password", 401, "bad_credentials")
-        self.limiter.succeeded(f"user:{user}")
+        self.limiter.succeeded(address, user)
         session = self.sessions.create(user, source)
         self.host.audit.write("login_ok", user=user, source=source)
         response = web.json_response({"user": user, "csrf": session.csrf})

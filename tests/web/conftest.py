@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import select
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,22 +40,29 @@ def start_serve(home: Path, fleet: Path = FLEET,
         stdout=subprocess.PIPE, stderr=out.open("wb"), env=env, cwd=str(ROOT),
     )
     assert proc.stdout is not None
+    stdout = proc.stdout
+    lines: queue.Queue[str] = queue.Queue()
+
+    def reader() -> None:  # keeps draining stdout for the server's whole life
+        for raw in stdout:
+            lines.put(raw.decode(errors="replace"))
+        lines.put("")
+
+    threading.Thread(target=reader, daemon=True).start()
     deadline = time.monotonic() + 300
-    lines = []
+    seen = []
     while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 1)
-        if not ready:
-            if proc.poll() is not None:
-                break
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
             continue
-        line = proc.stdout.readline().decode()
         if not line:
             break
-        lines.append(line)
+        seen.append(line)
         if line.startswith("SERVING "):
             return proc, json.loads(line[8:])
     proc.kill()
-    raise RuntimeError("sercon serve did not start:\n" + "".join(lines) + out.read_text(errors="replace"))
+    raise RuntimeError("sercon serve did not start:\n" + "".join(seen) + out.read_text(errors="replace"))
 
 
 def stop_serve(proc: subprocess.Popen[bytes]) -> None:
@@ -70,12 +78,6 @@ def stop_serve(proc: subprocess.Popen[bytes]) -> None:
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     home = tmp_path_factory.mktemp("serve")
     proc, info = start_serve(home)
-    # Drain stdout so the server never blocks on a full pipe.
-    import threading
-
-    assert proc.stdout is not None
-    stdout = proc.stdout
-    threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
     served = Served(home=home, info=info, passwords=PASSWORDS)
     for vm in info["vms"]:
         served.wait_log(vm, b"login: ", timeout=240)
