@@ -7,6 +7,7 @@ by the second.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 from typing import Any
 
@@ -28,7 +29,7 @@ async def shell(reader: WsReader) -> None:
     await reader.expect(b"\n", since=since)
     for _ in range(3):
         await asyncio.sleep(0.3)
-        tail = reader.data[since:]
+        tail = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", reader.data[since:])
         if tail.rstrip().endswith(b"#"):
             return
         if tail.rstrip().endswith(b"login:"):
