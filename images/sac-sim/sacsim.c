@@ -317,19 +317,27 @@ static void pager_key(unsigned char ch)
 
 /* ----------------------------------------------------------- SAC commands */
 
-static char deferred_event[128]; /* shown after the answer and its prompt */
+/* Events wait while SAC is in the middle of an answer (a page prompt): shown after its prompt. */
+static char deferred[8][128];
+static int ndeferred;
 static void sac_event(const char *text);
+
+static void defer_event(const char *text)
+{
+    if (ndeferred < 8)
+        snprintf(deferred[ndeferred++], sizeof deferred[0], "%s", text);
+}
 
 static void sac_done(int idx)
 {
     (void)idx;
     sac_show_prompt();
-    if (deferred_event[0]) {
-        char ev[sizeof deferred_event];
-        memcpy(ev, deferred_event, sizeof ev);
-        deferred_event[0] = 0;
-        sac_event(ev);
-    }
+    int n = ndeferred;
+    char evs[8][128];
+    memcpy(evs, deferred, sizeof evs);
+    ndeferred = 0;
+    for (int i = 0; i < n; i++)
+        sac_event(evs[i]);
 }
 
 static void sac_show_prompt(void)
@@ -341,6 +349,10 @@ static void sac_show_prompt(void)
 
 static void sac_event(const char *text)
 {
+    if (pager.active && pager.owner == 0) {
+        defer_event(text);
+        return;
+    }
     /* An event interrupts the prompt line, then the prompt (and what was typed) comes back. */
     struct buf b = {0};
     buf_add(&b, "\r\n", 2);
@@ -703,7 +715,7 @@ static void close_channel(int idx, int defer)
     snprintf(ev, sizeof ev, "EVENT:   A channel has been closed.\nChannel: %s", chans[idx].name);
     if (defer) {
         chans[idx].used = 0;
-        memcpy(deferred_event, ev, sizeof ev);
+        defer_event(ev);
         return;
     }
     chans[idx].used = 0;
