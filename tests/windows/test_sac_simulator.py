@@ -113,6 +113,12 @@ def test_paged_sac_output_is_read_to_the_end(sac: SacConsole) -> None:
     assert re.search(r"^\s*\d+ sacsim$", text, re.M)
 
 
+def test_ip_info_and_kill_errors(sac: SacConsole) -> None:
+    assert re.search(r"^Net: \d+, Ip=[\d.]+  Subnet=[\d.]+  Gateway=[\d.]+$", sac.ip_info(), re.M)
+    with pytest.raises(SacError, match="That process does not exist"):
+        sac.kill(999999)
+
+
 def test_channel_errors(sac: SacConsole) -> None:
     with pytest.raises(SacError, match="no channel present at the specified index"):
         sac.switch_to(7)
