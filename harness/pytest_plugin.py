@@ -144,6 +144,13 @@ def make_guest(request: pytest.FixtureRequest, sercon_home: Path, sercon_spec: G
         _stop(request, machine)
 
 
+def register(machine: Machine) -> Machine:
+    """Include a guest started outside these fixtures in the end-of-session report."""
+    if machine not in _STARTED:
+        _STARTED.append(machine)
+    return machine
+
+
 def login(machine: Machine) -> LinuxShell:
     """A logged-in LinuxShell on `machine` with its image's credentials (for tests that reboot)."""
     return _login(machine)
