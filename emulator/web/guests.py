@@ -85,6 +85,8 @@ class ConsoleConnection:
     #: Serial-log offset of the first byte this connection delivers (replay included).
     start: int
     took_over: str | None
+    #: time.monotonic() of the last keystrokes written (0: none yet).
+    last_input: float = 0.0
 
     def close(self) -> None:
         if not self.writer.is_closing():

@@ -20,6 +20,7 @@ import asyncssh
 
 from ..errors import SerconError
 from .auth import verify_password
+from .fleet import Vm
 from .guests import TAKEOVER_MARK, ConsoleConnection, FleetHost
 
 HELP = (
@@ -29,6 +30,10 @@ HELP = (
     " ~?  this help\r\n"
     " ~~  send a single ~\r\n"
 )
+
+
+#: How long input typed just before a SysRq gets to reach the guest before the BREAK is sent.
+SYSRQ_SETTLE_S = 0.3
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -44,6 +49,31 @@ def ensure_host_key(path: Path) -> asyncssh.SSHKey:
 def split_username(username: str) -> tuple[str, str]:
     user, sep, vm = username.partition("+")
     return user, vm if sep else ""
+
+
+BREAK = b"<break>"
+
+
+class _Input:
+    """A session's keystrokes (from `SshFrontEnd.read_input`), with at most one pending get."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._pending: asyncio.Future[bytes | None] | None = None
+
+    def future(self) -> asyncio.Future[bytes | None]:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.queue.get())
+        return self._pending
+
+    def take(self) -> bytes | None:
+        assert self._pending is not None and self._pending.done()
+        result, self._pending = self._pending.result(), None
+        return result
+
+    async def get(self) -> bytes | None:
+        await self.future()
+        return self.take()
 
 
 class _Server(asyncssh.SSHServer):
@@ -117,6 +147,16 @@ class SshFrontEnd:
             return
         process.stdout.write(f"[sercon] serial console of {vm.name} (~? lists escapes)\r\n".encode())
         from_offset: int | None = -4096
+        inp = _Input()
+        reader_task = asyncio.create_task(self.read_input(process, inp.queue))
+        try:
+            await self.sessions(process, vm, user, source, inp, from_offset)
+        finally:
+            reader_task.cancel()
+
+    async def sessions(self, process: asyncssh.SSHServerProcess[bytes], vm: Vm, user: str, source: str,
+                       inp: _Input, from_offset: int | None) -> None:
+        host = self.host
         while True:
             try:
                 conn = await host.open_console(vm, "interactive", user, source, "ssh", from_offset)
@@ -124,7 +164,7 @@ class SshFrontEnd:
                 process.stderr.write(f"sercon: {exc}\r\n".encode())
                 process.exit(1)
                 return
-            reason, position = await self.bridge(process, conn, user, source)
+            reason, position = await self.bridge(process, inp, conn, user, source)
             host.console_closed(conn, user, source, "ssh", reason)
             if reason in ("quit", "eof"):
                 process.exit(0)
@@ -133,28 +173,48 @@ class SshFrontEnd:
                 process.stdout.write(b"\r\n[sercon] The serial console connection was closed"
                                      + (b" after a long time without input" if reason == "idle" else b"")
                                      + b". To reconnect, press Enter (~. to quit).\r\n")
-                if not await self.wait_for_enter(process):
+                if not await self.wait_for_enter(inp):
                     process.exit(0)
                     return
                 from_offset = position
+                process.stdout.write(f"[sercon] reconnected to the serial console of {vm.name}\r\n".encode())
                 continue
             process.stdout.write(f"\r\n[sercon] console closed ({reason})\r\n".encode())
             process.exit(0)
             return
 
-    async def wait_for_enter(self, process: asyncssh.SSHServerProcess[bytes]) -> bool:
+    @staticmethod
+    async def read_input(process: asyncssh.SSHServerProcess[bytes], queue: asyncio.Queue[bytes | None]) -> None:
+        """The one reader of the session's stdin: chunks, BREAK (as `BREAK`), None at the end.
+
+        Nothing else reads stdin or cancels a read, so no keystroke is lost between sessions."""
         while True:
             try:
-                data = await process.stdin.read(1024)
+                data = await process.stdin.read(4096)
             except asyncssh.BreakReceived:
+                await queue.put(BREAK)
+                continue
+            except (asyncssh.TerminalSizeChanged, asyncssh.SignalReceived):
+                continue
+            except (asyncssh.Error, ConnectionError):
+                data = b""
+            if not data:
+                await queue.put(None)
+                return
+            await queue.put(data)
+
+    async def wait_for_enter(self, inp: _Input) -> bool:
+        while True:
+            data = await inp.get()
+            if data is BREAK:
                 continue
             if not data or b"~." in data:
                 return False
             if b"\r" in data or b"\n" in data:
                 return True
 
-    async def bridge(self, process: asyncssh.SSHServerProcess[bytes], conn: ConsoleConnection, user: str,
-                     source: str) -> tuple[str, int]:
+    async def bridge(self, process: asyncssh.SSHServerProcess[bytes], inp: _Input,
+                     conn: ConsoleConnection, user: str, source: str) -> tuple[str, int]:
         """Pump both ways until one side ends; returns (reason, serial-log offset reached)."""
         position = conn.start
         state = {"reason": ""}
@@ -181,22 +241,17 @@ class SshFrontEnd:
         try:
             while True:
                 remaining = idle - (time.monotonic() - last_input)
-                read = asyncio.ensure_future(process.stdin.read(4096))
-                done, _ = await asyncio.wait({read, pump}, timeout=max(0.0, remaining),
+                read = inp.future()
+                waitables: set[asyncio.Future[Any]] = {read, pump}
+                done, _ = await asyncio.wait(waitables, timeout=max(0.0, remaining),
                                              return_when=asyncio.FIRST_COMPLETED)
-                if pump in done:
-                    read.cancel()
-                    return state["reason"], position
-                if not done:
-                    read.cancel()
-                    return "idle", position
-                try:
-                    data = read.result()
-                except asyncssh.BreakReceived:
+                if read not in done:
+                    # Keep the pending get for the next bridge / wait_for_enter: no input is lost.
+                    return (state["reason"] if pump in done else "idle"), position
+                data = inp.take()
+                if data is BREAK:
                     pending_break = True
                     last_input = time.monotonic()
-                    continue
-                except (asyncssh.TerminalSizeChanged, asyncssh.SignalReceived):
                     continue
                 if not data:
                     return "eof", position
@@ -242,9 +297,15 @@ class SshFrontEnd:
         if data:
             conn.writer.write(bytes(data))
             await conn.writer.drain()
+            conn.last_input = time.monotonic()
 
     async def sysrq(self, process: asyncssh.SSHServerProcess[bytes], conn: ConsoleConnection, user: str,
                     source: str, key: str) -> None:
+        # A BREAK overtakes keystrokes still on their way to the UART, and the kernel would take the
+        # first of those as the SysRq key: let just-typed input (the Enter before ~B) land first.
+        settle = SYSRQ_SETTLE_S - (time.monotonic() - conn.last_input)
+        if settle > 0:
+            await asyncio.sleep(settle)
         try:
             await self.host.action(user, conn.vm.name, "sysrq", source, "ssh", {"keys": key})
         except SerconError as exc:
