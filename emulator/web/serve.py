@@ -16,6 +16,7 @@ import asyncio
 import getpass
 import hashlib
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -104,6 +105,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ssh", action="store_true", help="do not start the SSH front end")
     parser.add_argument("--keep-guests", action="store_true", help="leave the guests running on exit")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return asyncio.run(_serve(args))
     except SerconError as exc:

@@ -12,6 +12,7 @@ sends one `~`. After a takeover the session prints Azure's notice and reconnects
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ def split_username(username: str) -> tuple[str, str]:
 
 
 BREAK = b"<break>"
+log = logging.getLogger("sercon.ssh")
 
 
 class _Input:
@@ -151,6 +153,12 @@ class SshFrontEnd:
         reader_task = asyncio.create_task(self.read_input(process, inp.queue))
         try:
             await self.sessions(process, vm, user, source, inp, from_offset)
+        except (asyncssh.Error, ConnectionError, asyncio.CancelledError):
+            pass
+        except Exception:
+            log.exception("SSH session of %s on %s failed", user, vm.name)
+            process.stderr.write(b"\r\nsercon: internal error in the SSH front end (see the serve log)\r\n")
+            process.exit(1)
         finally:
             reader_task.cancel()
 
