@@ -23,6 +23,7 @@ from ..errors import SerconError
 from .auth import verify_password
 from .fleet import Vm
 from .guests import TAKEOVER_MARK, ConsoleConnection, FleetHost
+from .web import coalesced
 
 HELP = (
     "\r\nSupported escape sequences (at the start of a line):\r\n"
@@ -230,15 +231,12 @@ class SshFrontEnd:
         async def out() -> None:
             nonlocal position
             tail = b""
-            while True:
-                data = await conn.reader.read(65536)
-                if not data:
-                    state["reason"] = "takeover" if TAKEOVER_MARK in tail else "guest"
-                    return
+            async for data in coalesced(conn.reader):
                 tail = (tail + data)[-512:]
                 position += len(data)
                 process.stdout.write(data)
                 await process.stdout.drain()
+            state["reason"] = "takeover" if TAKEOVER_MARK in tail else "guest"
 
         pump = asyncio.create_task(out())
         at_line_start = True

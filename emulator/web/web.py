@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,36 @@ COOKIE = "sercon_session"
 VM_PATTERN = r"{vm:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(?:/[0-9]{1,3})?}"
 WS_MAX_MESSAGE = 64 * 1024
 REPLAY_BYTES = 64 * 1024
+#: Reads closer together than this are a burst of output...
+STREAM_GAP_S = 0.01
+#: ...if the last read brought at least this many bytes (an echo is a few bytes)...
+COALESCE_MIN = 64
+#: ...during which each read first lets output gather for this long.
+COALESCE_S = 0.004
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 HOST_KEY = web.AppKey("host", FleetHost)
 SESSIONS_KEY = web.AppKey("sessions", Sessions)
 LIMITER_KEY = web.AppKey("limiter", RateLimiter)
 SOCKETS_KEY = web.AppKey("sockets", set)
+
+
+async def coalesced(reader: asyncio.StreamReader, limit: int = 256 * 1024) -> AsyncIterator[bytes]:
+    """Guest output in as few pieces as keeps it prompt, until the stream ends.
+
+    A keystroke's echo goes out at once; during a burst (reads of `COALESCE_MIN` bytes or more,
+    less than `STREAM_GAP_S` apart)
+    each read waits `COALESCE_S` first, so one websocket frame / TLS record carries kilobytes
+    instead of a few bytes (the serial line delivers output in small pieces)."""
+    last, size = 0.0, 0
+    while True:
+        if size >= COALESCE_MIN and time.monotonic() - last < STREAM_GAP_S:
+            await asyncio.sleep(COALESCE_S)
+        data = await reader.read(limit)
+        if not data:
+            return
+        last, size = time.monotonic(), len(data)
+        yield data
 
 
 def source_of(request: web.Request) -> str:
@@ -297,14 +321,10 @@ class WebConsole:
 
         async def guest_to_ws() -> None:
             tail = b""
-            while True:
-                data = await conn.reader.read(65536)
-                if not data:
-                    window = tail
-                    reason["value"] = "takeover" if TAKEOVER_MARK in window else "guest"
-                    return
+            async for data in coalesced(conn.reader):
                 tail = (tail + data)[-512:]
                 await ws.send_bytes(data)
+            reason["value"] = "takeover" if TAKEOVER_MARK in tail else "guest"
 
         pump = asyncio.create_task(guest_to_ws())
         idle = self.host.fleet.idle_timeout
