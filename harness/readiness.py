@@ -361,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Boot an image and check that it is ready for a cloud serial console (ttyS0).",
     )
     parser.add_argument("image", nargs="?", help="an image recipe name (see `sercon image ls`) or a disk/kernel file")
-    parser.add_argument("--disk", help="a disk image (raw or qcow2) booted by SeaBIOS; it is never modified")
+    parser.add_argument("--disk", help="a disk image (raw or qcow2) booted by SeaBIOS, or the root disk of --kernel; "
+                        "it is never modified")
     parser.add_argument("--kernel", help="a kernel (bzImage or vmlinux) booted directly")
     parser.add_argument("--initrd", help="an initrd for --kernel")
     parser.add_argument("--append", help="kernel command line for --kernel (default: console=ttyS0)")
@@ -375,23 +376,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def spec_from_args(args: argparse.Namespace) -> tuple[GuestSpec, str]:
-    given = [x for x in (args.image, args.disk, args.kernel) if x]
-    if len(given) != 1:
-        raise SerconError("give exactly one of: IMAGE (recipe name or file), --disk FILE, --kernel FILE")
+    """The guest to check: a recipe or file (IMAGE), a disk (--disk), or a kernel (--kernel, with --initrd,
+    --append and optionally --disk for its root filesystem)."""
+    if bool(args.image) + bool(args.disk and not args.kernel) + bool(args.kernel) != 1:
+        raise SerconError("give exactly one of: IMAGE (recipe name or file), --disk FILE, --kernel FILE "
+                          "(--kernel may take a --disk with its root filesystem)")
     if args.initrd and not args.kernel:
         raise SerconError("--initrd goes with --kernel")
     if args.image:
         spec, label = resolve_image(args.image), args.image
-    elif args.disk:
-        spec, label = GuestSpec(disk=args.disk, disk_snapshot=True, image=args.disk), args.disk
-    else:
+    elif args.kernel:
         spec = GuestSpec(kernel=args.kernel, initrd=args.initrd, append=args.append or "console=ttyS0,115200n8",
+                         disk=args.disk, disk_format="raw" if args.disk and args.disk.endswith(".img") else None,
                          image=args.kernel)
         label = args.kernel
+    else:
+        spec, label = GuestSpec(disk=args.disk, image=args.disk), args.disk
     if spec.disk:
         spec = spec.replace(disk_snapshot=True)  # checking never writes to the user's image
-    if args.kernel and args.append is not None:
-        spec = spec.replace(append=args.append)
     if args.memory:
         spec = spec.replace(memory_mb=args.memory)
     return spec, label

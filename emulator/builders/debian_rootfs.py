@@ -343,6 +343,10 @@ def configure_rootfs(root: Path, settings: dict[str, Any], root_device: str) -> 
         (root / home.lstrip("/")).mkdir(parents=True, exist_ok=True)
         os.chown(root / home.lstrip("/"), 1000, 1000)
     shadow.write_text("\n".join(lines) + "\n")
+    if settings.get("hushlogin", True):
+        # No "Last login: ..." / MOTD banner after logging in: less noise on the console.
+        for home_dir in {"root", f"home/{user}" if user != "root" else "root"}:
+            _write(root, f"{home_dir}/.hushlogin", "")
 
     getty = settings.get("getty", "enabled")
     unit = "etc/systemd/system/serial-getty@ttyS0.service"
