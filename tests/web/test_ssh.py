@@ -160,7 +160,8 @@ def test_ssh_takes_over_a_web_session(served: Served) -> None:
                 # And back: the web takes over; the SSH user is told and may press Enter to reconnect.
                 second = WsReader(await web.ws("pool/0"))
                 await second.frame("hello")
-                at = await r.expect(b"To reconnect, press Enter")
+                await r.expect(b"took over the console")  # the owner's notice, as Azure words it
+                at = await r.expect(b"To reconnect, press Enter (~. to quit)")  # the SSH front end's prompt
                 process.stdin.write(b"\r")
                 await r.expect(b"reconnected to the serial console of pool/0", at)
                 assert (await second.frame("closed"))["reason"] == "takeover"
