@@ -1,0 +1,133 @@
+"""Fleet files, `sercon user add`, a fleet-wide disabled console and the idle timeout (own small fleets)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from emulator.web.auth import hash_password, verify_password
+from emulator.web.fleet import FleetError, load_fleet
+from emulator.web.serve import user_add_main
+
+from .client import Client, Served, WsReader
+from .conftest import start_serve, stop_serve
+
+PASSWORD = "small-fleet-pw"
+
+
+def write_fleet(path: Path, serve: str, vm: str = "") -> Path:
+    path.write_text(f'[serve]\n{serve}\n\n[vms.solo]\nimage = "linux-initramfs"\nmemory_mb = 256\n{vm}\n'
+                    'roles = { erin = "owner" }\n\n'
+                    f'[users.erin]\npassword = "{hash_password(PASSWORD)}"\n')
+    return path
+
+
+def test_fleet_file_errors_name_the_entry(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.toml"
+    cases = {
+        '[vms.a]\nroles = { ghost = "owner" }\n': "unknown user 'ghost'",
+        '[users.bob]\n[vms.a]\nroles = { bob = "admin" }\n': "must be one of reader, contributor, owner",
+        '[vms.a]\nmemroy_mb = 5\n': "unknown setting(s) memroy_mb",
+        '[vms."../x"]\n': "VM names are letters",
+        '[scale_sets.s]\ninstances = 0\n': "instances must be a whole number",
+        '[serve]\ncert = "a.pem"\n[vms.a]\n': "give both cert and key",
+        '[vms.a]\npolicy = "share"\n': "policy must be takeover or reject",
+        '[serve]\n': "nothing to serve",
+        '[vms.a-0]\n[scale_sets.a]\ninstances = 1\n': "used twice",
+        'not toml = = 1': "not valid TOML",
+    }
+    for text, message in cases.items():
+        fleet.write_text(text)
+        with pytest.raises(FleetError) as info:
+            load_fleet(fleet)
+        assert message in str(info.value) and str(fleet) in str(info.value), (text, info.value)
+    example = load_fleet(Path(__file__).resolve().parents[2] / "examples" / "fleet.toml")
+    assert list(example.vms) == ["web1", "web2", "pool/0", "pool/1"]
+    assert example.scale_sets == {"pool": ["pool/0", "pool/1"]}
+    assert {u: example.vms["web1"].roles[u] for u in ("alice", "bob", "carol")} == {
+        "alice": "owner", "bob": "contributor", "carol": "reader"}
+
+
+def test_user_add_writes_a_slow_hash_and_keeps_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('# my fleet\n[vms.a]\nroles = { }\n')
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first-password\n"))
+    assert user_add_main([str(fleet), "dana", "--password-stdin"]) == 0
+    monkeypatch.setattr(sys, "stdin", io.StringIO("second-password\n"))
+    assert user_add_main([str(fleet), "dana", "--password-stdin"]) == 0
+    text = fleet.read_text()
+    assert text.startswith("# my fleet\n") and text.count("[users.dana]") == 1
+    stored = load_fleet(fleet).users["dana"].password_hash
+    assert stored is not None and stored.startswith("scrypt$32768$8$1$")
+    assert verify_password("second-password", stored) and not verify_password("first-password", stored)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
+    assert user_add_main([str(fleet), "dana", "--password-stdin"]) == 1
+    assert user_add_main([str(fleet), "Bad Name", "--no-password"]) == 1
+
+
+@pytest.fixture(scope="module")
+def small_fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
+    """Two one-VM fleets: console disabled fleet-wide; and a 3 s idle timeout."""
+    base = tmp_path_factory.mktemp("small")
+    served = []
+    procs = []
+    for name, serve in (("off", "console_enabled = false"), ("idle", "idle_timeout = 3")):
+        home = base / name
+        home.mkdir()
+        proc, info = start_serve(home, write_fleet(base / f"{name}.toml", serve))
+        procs.append(proc)
+        s = Served(home=home, info=info, passwords={"erin": PASSWORD})
+        s.wait_log("solo", b"login: ", timeout=240)
+        served.append(s)
+    yield served[0], served[1]
+    for proc in procs:
+        stop_serve(proc)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+@pytest.mark.guest
+def test_fleet_wide_disabled_console(small_fleets: tuple[Served, Served]) -> None:
+    off, _ = small_fleets
+
+    async def go() -> None:
+        async with Client(off) as c:
+            assert await c.login("erin") == 200
+            with pytest.raises(aiohttp.WSServerHandshakeError) as info:
+                await c.ws("solo")
+            assert info.value.status == 409
+            async with c.session.get(off.base + "/ws/vms/solo/console") as r:
+                assert "disabled for this fleet" in (await r.json())["error"]["message"]
+            # Even an owner cannot re-enable a VM's console while the fleet switch is off.
+            status, body = await c.call("POST", "/api/vms/solo/console", {"enabled": True})
+            assert status == 200 and body["console_enabled"] is False
+            status, listing = await c.call("GET", "/api/vms")
+            assert listing["console_enabled"] is False
+            assert (await c.call("GET", "/api/vms/solo/serial-log?start=-100"))[0] == 200
+            assert (await c.call("POST", "/api/vms/solo/nmi"))[0] == 200
+    run(go())
+
+
+@pytest.mark.guest
+def test_idle_session_ends(small_fleets: tuple[Served, Served]) -> None:
+    _, idle = small_fleets
+
+    async def go() -> None:
+        async with Client(idle) as c:
+            assert await c.login("erin") == 200
+            r = WsReader(await c.ws("solo"))
+            assert (await r.frame("hello"))["idle_timeout"] == 3
+            closed = await r.frame("closed", timeout=60)
+            assert closed["reason"] == "idle" and "press Enter" in closed["message"]
+            await r.until_closed()
+    run(go())
+    assert any(a["event"] == "console_disconnect" and a["reason"] == "idle" for a in idle.audit())
