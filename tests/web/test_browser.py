@@ -101,6 +101,27 @@ def test_browser_console_end_to_end(page: Any, served: Served) -> None:
     screen_has(page, "login:")
     assert page.url.endswith("/vms/web1/console")
 
+    # A paste over 2048 characters is cut to 2048, with a visible notice.
+    page.click("#terminal")
+    page.evaluate("""() => {
+        const dt = new DataTransfer();
+        dt.setData('text/plain', 'echo ' + 'p'.repeat(2995));
+        const target = document.querySelector('#terminal textarea');
+        target.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt, bubbles: true, cancelable: true}));
+    }""")
+    page.wait_for_selector("#notice:not(.hidden)")
+    assert "2048" in page.inner_text("#notice")
+    screen_has(page, "p" * 100)
+    page.keyboard.press("Control+U")
+
+    # Power cycle: a new QEMU process, the same page shows the new boot.
+    boots_before = screen_count(page, "Linux version")
+    page.click("#power-cycle")
+    page.click("#confirm-ok")
+    page.wait_for_function("n => window.serconScreenText().split('Linux version').length - 1 > n",
+                           arg=boots_before, timeout=120_000)
+    screen_has(page, "login:")
+
     # Boot diagnostics: the serial log, with both boots.
     page.click("#diag-link")
     page.wait_for_url("**/vms/web1/diagnostics")
