@@ -8,6 +8,7 @@
     sercon log N [--start OFF] [--follow]
     sercon events N
     sercon screenshot N FILE.png
+    sercon snapshot N SNAP | sercon restore N SNAP | sercon snapshots | sercon up --from-snapshot SNAP
     sercon qmp N COMMAND [JSON-ARGS]
     sercon down N|--all
     sercon image list|build NAME
@@ -57,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                          disk=_abs(args.disk), image=args.image)
         if args.append_extra:
             spec = spec.replace(append=images._insert_before_console(spec.append, args.append_extra))
-        machine = Machine(spec, name=args.name, **overrides)
+        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, **overrides)
     else:
         image = args.image or images.DEFAULT_IMAGE
         if args.append:
@@ -65,7 +66,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.append_extra:
             overrides["append_extra"] = args.append_extra
         spec = images.resolve_image(image, **overrides)
-        machine = Machine(spec, name=args.name)
+        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot)
     machine.start()
     info = machine.info()
     print(f"guest {machine.name} is {info['state']} (accelerator {info['accel']}: {info['accel_reason']})")
@@ -152,6 +153,32 @@ def cmd_events(args: argparse.Namespace) -> int:
         extra = {k: v for k, v in event.items() if k not in ("time", "event", "offset", "name", "boot")}
         print(f"{stamp} boot {event.get('boot', '?'):<3} @{event['offset']:<9} {event['event']:<18} "
               f"{json.dumps(extra) if extra else ''}")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    meta = _machine(args.name).snapshot(args.snapshot)
+    print(f"saved snapshot {args.snapshot} of {args.name} ({meta['size'] / 1e6:.0f} MB); "
+          f"start guests from it with `sercon up --from-snapshot {args.snapshot}`")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    _machine(args.name).restore(args.snapshot)
+    print(f"{args.name} restored from snapshot {args.snapshot}")
+    return 0
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    from .snapshots import list_snapshots
+
+    found = list_snapshots()
+    if not found:
+        print("no snapshots; save one with `sercon snapshot GUEST NAME`")
+    for meta in found:
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
+        print(f"{meta['name']:<20} {meta.get('image') or '-':<18} {meta['size'] / 1e6:>6.0f} MB  {made}  "
+              f"from {meta.get('guest', '?')}  key {meta['key']}")
     return 0
 
 
@@ -336,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--machine", help="QEMU machine type (default pc)")
     up.add_argument("--accel", choices=("auto", "tcg", "kvm"))
     up.add_argument("--policy", choices=("takeover", "reject"), help="second interactive user: take over or refuse")
+    up.add_argument("--from-snapshot", metavar="NAME", help="load a saved snapshot instead of booting")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("ls", help="list running guests").set_defaults(func=cmd_ls)
@@ -370,6 +398,18 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="boots, resets, panics, actions, with log offsets")
     events.add_argument("name")
     events.set_defaults(func=cmd_events)
+
+    snap = sub.add_parser("snapshot", help="save a running guest's whole state (sercon up --from-snapshot)")
+    snap.add_argument("name")
+    snap.add_argument("snapshot", metavar="SNAPSHOT")
+    snap.set_defaults(func=cmd_snapshot)
+
+    restore = sub.add_parser("restore", help="load a snapshot into a running guest (console stays attached)")
+    restore.add_argument("name")
+    restore.add_argument("snapshot", metavar="SNAPSHOT")
+    restore.set_defaults(func=cmd_restore)
+
+    sub.add_parser("snapshots", help="list saved snapshots").set_defaults(func=cmd_snapshots)
 
     shot = sub.add_parser("screenshot", help="save the guest's screen as PNG")
     shot.add_argument("name")

@@ -7,7 +7,8 @@
 connection into a stream of event records (one JSON object a line) until the client closes it.
 
 Ops: info, sysrq(keys, interval), send_break, nmi, reset, restart(timeout), power_cycle, screenshot(path),
-log(start, length), events(since), qmp(command, arguments), stop, subscribe.
+log(start, length), events(since), qmp(command, arguments), snapshot(name, extra), restore(name),
+stop, subscribe.
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ class ControlServer:
             return await owner.restart(float(request.get("timeout", 60)))
         if op == "power_cycle":
             return await owner.power_cycle()
+        if op == "snapshot":
+            return await owner.save_snapshot(str(request["name"]), request.get("extra"))
+        if op == "restore":
+            return await owner.restore_snapshot(str(request["name"]))
         if op == "screenshot":
             return await owner.screenshot(str(request["path"]))
         if op == "log":

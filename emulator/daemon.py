@@ -34,7 +34,7 @@ def _report(kind: str, payload: dict[str, object]) -> None:
     os.close(devnull)
 
 
-async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int) -> int:
+async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int, snapshot: str | None = None) -> int:
     owner = ConsoleOwner(name, spec, folder)
     control = ControlServer(owner, folder / "control.sock")
     console = ConsoleServer(owner, folder / "console.sock")
@@ -43,7 +43,7 @@ async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int) -> in
         await control.start()
         await console.start()
         port = await rfc.start()
-        await owner.power_on()
+        await owner.power_on(reason=f"restore {snapshot}" if snapshot else "power on", snapshot=snapshot)
     except (SerconError, OSError) as exc:
         await owner.stop()
         await control.close()
@@ -72,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--spec", required=True, type=Path, help="GuestSpec JSON file")
     parser.add_argument("--rfc2217-port", type=int, default=0)
+    parser.add_argument("--from-snapshot", default=None, help="load this snapshot instead of booting")
     args = parser.parse_args(argv)
     args.folder.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("qemu").setLevel(logging.WARNING)
     spec = GuestSpec.from_json(args.spec.read_text())
-    return asyncio.run(run(args.name, args.folder, spec, args.rfc2217_port))
+    return asyncio.run(run(args.name, args.folder, spec, args.rfc2217_port, args.from_snapshot))
 
 
 if __name__ == "__main__":

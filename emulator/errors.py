@@ -51,6 +51,10 @@ class ActionFailed(SerconError):
     """A power, NMI, SysRq or screenshot action did not complete."""
 
 
+class SnapshotError(SerconError):
+    """A snapshot is missing, stale, foreign or corrupt; the message says which and what to do."""
+
+
 class ControlError(SerconError):
     """The control socket spoke something unexpected (version mismatch, or a bug)."""
 
@@ -70,5 +74,6 @@ ERROR_CLASSES: dict[str, type[SerconError]] = {
         ConsoleBusy,
         ActionFailed,
         ControlError,
+        SnapshotError,
     )
 }

@@ -53,8 +53,11 @@ def check_name(name: str) -> str:
 class Machine:
     """One guest: a QEMU process with a 16550 on COM1, owned by a console owner process."""
 
-    def __init__(self, spec: GuestSpec | str = DEFAULT_IMAGE, name: str | None = None, **overrides: Any) -> None:
+    def __init__(self, spec: GuestSpec | str = DEFAULT_IMAGE, name: str | None = None, *,
+                 from_snapshot: str | None = None, **overrides: Any) -> None:
         self._spec_source = spec
+        #: Start by loading this snapshot (see `snapshot()`) instead of booting.
+        self.from_snapshot = from_snapshot
         self._overrides = overrides
         self.spec: GuestSpec | None = spec if isinstance(spec, GuestSpec) else None
         self.name = check_name(name) if name else None
@@ -125,7 +128,7 @@ class Machine:
         with (self.folder / "owner.log").open("ab") as owner_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "emulator.daemon", "--name", self.name, "--folder", str(self.folder),
-                 "--spec", str(spec_file)],
+                 "--spec", str(spec_file), *(["--from-snapshot", self.from_snapshot] if self.from_snapshot else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=owner_log,
                 start_new_session=True, env=env,
             )
@@ -232,6 +235,18 @@ class Machine:
     def power_cycle(self) -> None:
         """Stop the QEMU process and start a new one; same console, same log."""
         self._call("power_cycle", io_timeout=90)
+
+    def snapshot(self, name: str, **extra: Any) -> dict[str, Any]:
+        """Save the whole running state as snapshot `name` (JSON-able `extra` is kept with it).
+
+        New guests start from it with `Machine(spec, from_snapshot=name)`; see emulator/snapshots.py.
+        """
+        meta: dict[str, Any] = self._call("snapshot", io_timeout=300, name=name, extra=extra)
+        return meta
+
+    def restore(self, name: str) -> None:
+        """Replace this guest's QEMU by one loaded from snapshot `name`; consoles stay attached."""
+        self._call("restore", io_timeout=120, name=name)
 
     def screenshot(self, path: str | os.PathLike[str]) -> Path:
         return Path(self._call("screenshot", path=str(Path(path).resolve())))

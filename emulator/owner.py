@@ -29,7 +29,8 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from . import accel as accel_mod
-from .errors import ActionFailed, ConsoleBusy, GuestNotRunning, SerconError
+from . import snapshots
+from .errors import ActionFailed, ConsoleBusy, GuestNotRunning, SerconError, SnapshotError
 from .qemu_args import SERIAL_ID, find_qemu, qemu_args
 from .serial_log import EventLog, SerialLog, read_log, tail_lines
 from .spec import GuestSpec
@@ -121,6 +122,8 @@ class ConsoleOwner:
         self._reset_seen = asyncio.Event()
         self.exit_status: int | None = None
         self.stopped = asyncio.Event()
+        #: Metadata of the snapshot the current QEMU was loaded from, if any.
+        self.snapshot_meta: dict[str, Any] | None = None
 
     # ----------------------------------------------------------------- events
 
@@ -137,8 +140,11 @@ class ConsoleOwner:
 
     # ------------------------------------------------------------ power / QEMU
 
-    async def power_on(self, reason: str = "power on") -> None:
-        """Start a QEMU process for this guest (a new boot, with the same console)."""
+    async def power_on(self, reason: str = "power on", snapshot: str | None = None) -> None:
+        """Start a QEMU process for this guest (a new boot, with the same console).
+
+        With `snapshot`, the new process loads that saved state instead of booting.
+        """
         if self.proc is not None and self.proc.returncode is None:
             raise SerconError("QEMU is already running for this guest")
         qemu = find_qemu()
@@ -149,27 +155,38 @@ class ConsoleOwner:
                 None, accel_mod.choose_accel, self.spec.accel, qemu, self.spec.kernel
             )
             log.info("%s: accelerator %s (%s)", self.name, self.accel, self.accel_reason)
+        state_file = None
+        if snapshot is not None:
+            snap = snapshots.find(snapshot, snapshots.snapshot_key(self.spec, self.accel, qemu))
+            state_file = snap.state.open("rb")
+            self.snapshot_meta = snap.meta
         serial_ours, serial_qemu = socket.socketpair()
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(
             self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
             name=self.name, qemu=qemu,
         )
+        pass_fds = [serial_qemu.fileno(), qmp_qemu.fileno()]
+        if state_file is not None:
+            args += ["-incoming", f"fd:{state_file.fileno()}"]
+            pass_fds.append(state_file.fileno())
         with self.qemu_log_path.open("ab") as qlog:
             qlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {reason}: {' '.join(args)}\n".encode())
             qlog.flush()
             self.proc = await asyncio.create_subprocess_exec(
                 *args, stdin=asyncio.subprocess.DEVNULL, stdout=qlog, stderr=qlog,
-                pass_fds=(serial_qemu.fileno(), qmp_qemu.fileno()), preexec_fn=_die_with_parent,
+                pass_fds=pass_fds, preexec_fn=_die_with_parent,
             )
         serial_qemu.close()
         qmp_qemu.close()
+        if state_file is not None:
+            state_file.close()
         self._expected_exit = False
         self.exit_status = None
         self.boot += 1
         self._last_reset = time.monotonic()
         self.record("power_on", reason=reason, qemu_pid=self.proc.pid, accel=self.accel,
-                    accel_reason=self.accel_reason)
+                    accel_reason=self.accel_reason, snapshot=snapshot)
         reader, self._serial_writer = await asyncio.open_connection(sock=serial_ours)
         proc = self.proc
         self._tasks = [
@@ -185,7 +202,72 @@ class ConsoleOwner:
                 f"QEMU did not answer on QMP ({exc}); its own messages:\n{self._qemu_log_tail()}"
             ) from exc
         self._tasks.append(asyncio.create_task(self._pump_qmp_events(self.qmp), name="qmp-events"))
+        if snapshot is not None:
+            await self._wait_restored(snapshot)
         self.state = "running"
+
+    async def _wait_restored(self, snapshot: str) -> None:
+        """QEMU loads the state, then runs the guest by itself; a bad stream makes it exit."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.returncode is not None:
+                break
+            try:
+                status = await self._qmp("query-status")
+            except ActionFailed:
+                break
+            if status.get("status") == "paused":
+                # The state was saved from a stopped guest (save_snapshot stops it first), and
+                # QEMU keeps that run state after loading: start it.
+                await self._qmp("cont")
+                continue
+            if status.get("status") == "running":
+                self.record("restored", snapshot=snapshot)
+                return
+            await asyncio.sleep(0.005)
+        await self._kill_qemu(graceful=False)
+        raise SnapshotError(
+            f"QEMU could not load snapshot {snapshot!r} (it is corrupt or foreign; it will be rebuilt):\n"
+            f"{self._qemu_log_tail(4)}"
+        )
+
+    async def save_snapshot(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Save the running guest's whole state as snapshot `name`; the guest then carries on."""
+        self._require_running()
+        qemu = find_qemu()
+        key = snapshots.snapshot_key(self.spec, self.accel, qemu)
+        tmp = snapshots.prepare(name, key)
+        await self._qmp("stop")
+        try:
+            target = tmp / "state.bin"
+            await self._qmp("migrate", {"uri": f"exec:cat > '{target}'"})
+            while True:
+                status = await self._qmp("query-migrate")
+                if status.get("status") == "completed":
+                    break
+                if status.get("status") in ("failed", "cancelled"):
+                    raise ActionFailed(f"saving snapshot {name!r} failed: {status.get('error-desc', status)}")
+                await asyncio.sleep(0.01)
+            snap = snapshots.commit(tmp, name, key, {
+                "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
+                "guest": self.name, "extra": extra or {},
+            })
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        finally:
+            await self._qmp("cont")
+        self.record("snapshot_saved", snapshot=name, size=snap.meta["size"])
+        return snap.meta
+
+    async def restore_snapshot(self, name: str) -> None:
+        """Replace this guest's QEMU by one loaded from snapshot `name`; clients stay attached."""
+        self.record("power_off", reason=f"restore {name}")
+        await self._stop_qemu()
+        await self.power_on(reason=f"restore {name}", snapshot=name)
+        self._notice_all(f"restored from snapshot {name}")
 
     def _qemu_log_tail(self, lines: int = 10) -> str:
         try:
@@ -508,6 +590,7 @@ class ConsoleOwner:
             "interactive": self.interactive.label if self.interactive else None,
             "clients": sorted(f"{c.label} ({c.mode})" for c in self.clients),
             "image": self.spec.image,
+            "snapshot": self.snapshot_meta,
             "spec": self.spec.__dict__,
         }
 

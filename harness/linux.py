@@ -86,6 +86,17 @@ class LinuxShell:
             if ts > self._max_kernel_ts:
                 self._max_kernel_ts = ts
 
+    @classmethod
+    def resume(cls, console: Console, nonce: str, user: str = "root", timeout: float = 30.0) -> LinuxShell:
+        """A shell prepared earlier by `login()` (its marker `nonce`), e.g. in a restored snapshot."""
+        shell = cls(console)
+        shell.nonce = nonce
+        shell.prompt = re.compile(rb"__sc" + nonce.encode() + rb"_(\d+)_# ")
+        console.sendline()
+        console.expect(shell.prompt, timeout=timeout)
+        shell.logged_in_as = user
+        return shell
+
     # ----------------------------------------------------------------- login
 
     def wait_for_login_prompt(self, timeout: float = 60.0) -> None:

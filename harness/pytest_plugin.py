@@ -7,6 +7,9 @@ Fixtures:
 - `fresh_guest` / `fresh_shell`: a guest of their own for one test (panic, power cycle, reset).
 - `make_guest`: a factory, `make_guest(append_extra="sysctl.kernel.unknown_nmi_panic=1")`, for
   guests with other settings; each is stopped at the end of its test.
+- `restored_guest` / `restored_shell`: a guest of the test's own, loaded in ~0.3 s from a
+  snapshot taken at a logged-in shell (made once, by booting and logging in, and cached across
+  sessions). What a test does to it (panic, reboot, SysRq c) cannot reach the next test.
 
 Options: `--sercon-image NAME|PATH`, `--sercon-accel auto|tcg|kvm`, `--sercon-home DIR` (default:
 a temporary folder, printed at the end so you can `SERCON_HOME=DIR sercon attach NAME` while the
@@ -32,6 +35,7 @@ from .console import Console
 from .linux import LinuxShell
 
 _STARTED: list[Machine] = []
+_NOTES: list[str] = []
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -151,6 +155,61 @@ def register(machine: Machine) -> Machine:
     return machine
 
 
+LOGIN_SNAPSHOT = "logged-in"
+
+
+@pytest.fixture(scope="session")
+def login_snapshot(request: pytest.FixtureRequest, sercon_home: Path, sercon_spec: GuestSpec) -> str:
+    """The name of a snapshot of `sercon_spec` at a logged-in shell; made once, then reused.
+
+    Made under a lock, so parallel workers (pytest -n) make it once. A stale, foreign or corrupt
+    snapshot is reported by the owner (SnapshotError) and made again.
+    """
+    import fcntl
+
+    from emulator import paths
+    from emulator.errors import SnapshotError
+
+    lock_file = paths.cache() / "snapshots" / f".{LOGIN_SNAPSHOT}.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with lock_file.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        probe = Machine(sercon_spec, name=f"snapshot-check-{os.getpid()}", from_snapshot=LOGIN_SNAPSHOT)
+        try:
+            probe.start()
+            probe.stop()
+            return LOGIN_SNAPSHOT
+        except SnapshotError as exc:
+            _NOTES.append(f"made snapshot {LOGIN_SNAPSHOT!r}: {str(exc).splitlines()[0]}")
+        maker = Machine(sercon_spec, name=f"snapshot-make-{os.getpid()}").start()
+        try:
+            shell = _login(maker)
+            maker.snapshot(LOGIN_SNAPSHOT, nonce=shell.nonce, user=shell.logged_in_as)
+            shell.console.close()
+        finally:
+            maker.stop()
+    return LOGIN_SNAPSHOT
+
+
+@pytest.fixture
+def restored_guest(request: pytest.FixtureRequest, login_snapshot: str, sercon_spec: GuestSpec) -> Iterator[Machine]:
+    """A guest of this test's own, restored from the logged-in snapshot."""
+    machine = Machine(sercon_spec, name=_guest_name(request), from_snapshot=login_snapshot).start()
+    _STARTED.append(machine)
+    yield machine
+    _stop(request, machine)
+
+
+@pytest.fixture
+def restored_shell(restored_guest: Machine) -> Iterator[LinuxShell]:
+    """The logged-in shell of `restored_guest`, ready for `run()`."""
+    meta = restored_guest.info()["snapshot"]
+    console = Console.for_machine(restored_guest, from_offset=None)
+    shell = LinuxShell.resume(console, meta["extra"]["nonce"], meta["extra"].get("user") or "root")
+    yield shell
+    console.close()
+
+
 def login(machine: Machine) -> LinuxShell:
     """A logged-in LinuxShell on `machine` with its image's credentials (for tests that reboot)."""
     return _login(machine)
@@ -192,3 +251,5 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()) if not k.startswith("console_"))
         tr.write_line(f"  {machine.name:<22} accel={accel:<4} boots={boots:<3} log={size:>8} B  {summary}")
     tr.write_line("  (serial logs and events.jsonl stay in each guest's folder under SERCON_HOME)")
+    for note in _NOTES:
+        tr.write_line(f"  {note}")

@@ -88,6 +88,22 @@ def test_sysrq_nmi_reset_log_events(cli_guest: str, tmp_path: Path) -> None:
     assert '"status": "running"' in sercon("qmp", cli_guest, "query-status").stdout
 
 
+def test_snapshot_and_up_from_snapshot(cli_guest: str) -> None:
+    saved = sercon("snapshot", cli_guest, "cli-snap").stdout
+    assert "saved snapshot cli-snap" in saved
+    assert "cli-snap" in sercon("snapshots").stdout
+    up = sercon("up", "--name", "fromsnap", "--from-snapshot", "cli-snap")
+    try:
+        assert "guest fromsnap is running" in up.stdout
+        events = sercon("events", "fromsnap").stdout
+        assert "restored" in events and "cli-snap" in events
+        assert "restored from snapshot cli-snap" in sercon("restore", "fromsnap", "cli-snap").stdout
+    finally:
+        sercon("down", "fromsnap", check=False)
+    missing = sercon("up", "--name", "nosnap", "--from-snapshot", "no-such-snap", check=False)
+    assert missing.returncode == 2 and "no snapshot named 'no-such-snap'" in missing.stderr
+
+
 def test_errors_are_one_clear_line(cli_guest: str) -> None:
     bad_key = sercon("sysrq", cli_guest, "q!", check=False)
     assert bad_key.returncode == 2

@@ -1,0 +1,166 @@
+"""Guest snapshots: a running guest's whole state (RAM, CPU, devices, the UART) saved to a file
+and loaded into new QEMU processes, so a test gets a fresh logged-in guest in well under a second.
+
+Why migration to a file, not QEMU's internal qcow2 snapshots (savevm/loadvm): internal snapshots
+need a qcow2 disk to hold the state (the default guest has no disk at all), `snapshot-load` runs
+in a QEMU that has already booted its firmware, and the state can only be used by the one disk
+image. A migration stream (`migrate` to a file, `-incoming fd:N` to load) needs no disk, restores
+straight into a new process before the first guest instruction, and is one read-only file that
+any number of guests can load at once. Measured here: saving the default guest takes ~0.5 s and
+72 MB; QEMU start to a running guest from it, ~0.3 s.
+
+A snapshot lives in `$SERCON_CACHE/snapshots/NAME-KEY/` (`state.bin`, `meta.json`). KEY hashes
+everything the state depends on: the QEMU binary and version, the accelerator, and the guest
+spec's hardware (machine, memory, CPUs, devices, kernel/initrd/disk identity). A snapshot whose
+metadata does not match, whose state file is truncated or altered (BLAKE2 digest), or which QEMU
+refuses to load is reported in one line and never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import paths
+from .errors import SnapshotError
+from .spec import GuestSpec
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+@dataclass
+class Snapshot:
+    name: str
+    folder: Path
+    meta: dict[str, Any]
+
+    @property
+    def state(self) -> Path:
+        return self.folder / "state.bin"
+
+
+_QEMU_VERSIONS: dict[str, str] = {}
+
+
+def qemu_version(qemu: str) -> str:
+    stat = os.stat(qemu)
+    memo = f"{qemu}:{stat.st_size}:{stat.st_mtime_ns}"
+    if memo not in _QEMU_VERSIONS:
+        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout
+        _QEMU_VERSIONS[memo] = f"{out.splitlines()[0] if out else 'unknown'} ({memo})"
+    return _QEMU_VERSIONS[memo]
+
+
+def _file_identity(path: str | None) -> str | None:
+    if not path:
+        return None
+    stat = os.stat(path)
+    return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def snapshot_key(spec: GuestSpec, accel: str, qemu: str) -> str:
+    """Hash of what a saved state depends on; anything else (policy, login) may differ."""
+    hardware = {
+        "qemu": qemu_version(qemu),
+        "accel": accel,
+        "kernel": _file_identity(spec.kernel),
+        "initrd": _file_identity(spec.initrd),
+        "disk": _file_identity(spec.disk),
+        "append": spec.append,
+        "disk_format": spec.disk_format,
+        "disk_interface": spec.disk_interface,
+        "memory_mb": spec.memory_mb,
+        "cpus": spec.cpus,
+        "machine": spec.machine,
+        "pvpanic": spec.pvpanic,
+        "extra_args": spec.extra_args,
+    }
+    return hashlib.sha256(json.dumps(hardware, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise SnapshotError(f"invalid snapshot name {name!r}: use letters, digits, '.', '_' and '-'")
+    return name
+
+
+def folder_for(name: str, key: str) -> Path:
+    return paths.cache() / "snapshots" / f"{check_name(name)}-{key}"
+
+
+def digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find(name: str, key: str) -> Snapshot:
+    """The valid snapshot `name` for this key, or SnapshotError saying why there is none."""
+    folder = folder_for(name, key)
+    meta_file = folder / "meta.json"
+    if not meta_file.exists():
+        others = sorted(p.name for p in folder.parent.glob(f"{name}-*")) if folder.parent.exists() else []
+        hint = (f" (snapshots named {name} exist for other images, QEMU versions or accelerators: {', '.join(others)})"
+                if others else "")
+        raise SnapshotError(f"no snapshot named {name!r} for this guest spec{hint}; save one with "
+                            f"`sercon snapshot GUEST {name}`")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except ValueError as exc:
+        raise SnapshotError(f"snapshot {name!r} has unreadable metadata ({exc}); it will be rebuilt") from exc
+    snap = Snapshot(name, folder, meta)
+    if meta.get("key") != key:
+        raise SnapshotError(f"snapshot {name!r} is stale: made for key {meta.get('key')}, this guest needs {key}")
+    if not snap.state.exists() or snap.state.stat().st_size != meta.get("size"):
+        raise SnapshotError(f"snapshot {name!r} is corrupt: its state file is missing or truncated")
+    if digest(snap.state) != meta.get("digest"):
+        raise SnapshotError(f"snapshot {name!r} is corrupt: its state file does not match its digest")
+    return snap
+
+
+def prepare(name: str, key: str) -> Path:
+    """A fresh temporary folder to save into; `commit()` moves it into place."""
+    final = folder_for(name, key)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.saving")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def commit(tmp: Path, name: str, key: str, meta: dict[str, Any]) -> Snapshot:
+    state = tmp / "state.bin"
+    meta = {**meta, "name": name, "key": key, "size": state.stat().st_size, "digest": digest(state),
+            "created": time.time()}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+    final = folder_for(name, key)
+    discard(final)
+    tmp.rename(final)
+    return Snapshot(name, final, meta)
+
+
+def discard(folder: Path) -> None:
+    if folder.exists():
+        trash = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        folder.rename(trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def list_snapshots() -> list[dict[str, Any]]:
+    root = paths.cache() / "snapshots"
+    found = []
+    for meta_file in sorted(root.glob("*/meta.json")) if root.exists() else []:
+        try:
+            found.append({**json.loads(meta_file.read_text()), "folder": str(meta_file.parent)})
+        except ValueError:
+            continue
+    return found
