@@ -179,7 +179,8 @@ class FleetHost:
     def folder(self, vm: Vm) -> Path:
         return paths.guest_dir(vm.guest_name)
 
-    async def control(self, vm: Vm, op: str, timeout: float = 60.0, **args: Any) -> Any:
+    async def control(self, vm: Vm, op: str, wait: float = 60.0, **args: Any) -> Any:
+        """One control-socket request; `wait` is how long to wait for the answer."""
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.folder(vm) / "control.sock"),
                                                                 limit=16 * 1024 * 1024)
@@ -188,9 +189,9 @@ class FleetHost:
                                   f"or `sercon up --name {vm.guest_name}`)") from exc
         try:
             writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
-            line = await asyncio.wait_for(reader.readline(), timeout)
+            line = await asyncio.wait_for(reader.readline(), wait)
         except TimeoutError as exc:
-            raise ActionFailed(f"{vm.name}: {op} did not finish within {timeout:.0f}s") from exc
+            raise ActionFailed(f"{vm.name}: {op} did not finish within {wait:.0f}s") from exc
         finally:
             writer.close()
         if not line:
@@ -203,7 +204,7 @@ class FleetHost:
 
     async def info(self, vm: Vm) -> dict[str, Any]:
         try:
-            result: dict[str, Any] = await self.control(vm, "info", timeout=10)
+            result: dict[str, Any] = await self.control(vm, "info", wait=10)
             return result
         except SerconError as exc:
             return {"state": "unreachable", "error": str(exc)}
@@ -227,6 +228,10 @@ class FleetHost:
                 self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
                                  error="invalid key", keys=keys[:40])
                 raise
+        timeout = body.get("timeout", 60)
+        if action == "restart" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not 1 <= timeout <= 600):
+            raise AccessError('restart takes {"timeout": SECONDS} from 1 to 600 (default 60)', 422, "bad_timeout")
         started = time.monotonic()
         try:
             if action == "sysrq":
@@ -236,10 +241,9 @@ class FleetHost:
             elif action == "reset":
                 result = await self.control(vm, "reset")
             elif action == "restart":
-                timeout = float(body.get("timeout", 60))
-                result = await self.control(vm, "restart", timeout=timeout + 30, **{"timeout": timeout})
+                result = await self.control(vm, "restart", wait=timeout + 30, timeout=timeout)
             else:
-                result = await self.control(vm, "power_cycle", timeout=120)
+                result = await self.control(vm, "power_cycle", wait=120)
         except SerconError as exc:
             self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
                              error=str(exc)[:300], **fields)

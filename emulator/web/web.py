@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ COALESCE_MIN = 64
 COALESCE_S = 0.004
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+log = logging.getLogger("sercon.web")
 HOST_KEY = web.AppKey("host", FleetHost)
 SESSIONS_KEY = web.AppKey("sessions", Sessions)
 LIMITER_KEY = web.AppKey("limiter", RateLimiter)
@@ -92,6 +94,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             raise
         reason = {404: "no such endpoint or VM name", 405: "method not allowed here"}.get(exc.status, exc.reason)
         response = json_error(exc.status, "not_found" if exc.status == 404 else "http_error", reason)
+    except (ConnectionError, asyncio.CancelledError):
+        raise
+    except Exception:
+        log.exception("error handling %s %s", request.method, request.path)
+        response = json_error(500, "internal", "internal error in sercon serve (see its log); the guest is unaffected")
     if not response.prepared:
         response.headers.setdefault("Strict-Transport-Security", "max-age=31536000")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .client import Client, Served
+from .client import Client, Served, WsReader
 
 pytestmark = [pytest.mark.guest]
 
@@ -158,3 +158,22 @@ def test_login_audit_and_cookie_flags(served: Served) -> None:
     assert any(a["event"] == "login_ok" and a["user"] == "alice" for a in audit)
     failed = [a for a in audit if a["event"] == "login_failed" and a["user"] == "alice"]
     assert failed and failed[-1]["source"].startswith("127.0.0.1:") and "iso" in failed[-1]
+
+
+def test_contributor_restarts_gracefully_and_the_console_follows(served: Served) -> None:
+    async def go() -> None:
+        async with Client(served) as c:
+            assert await c.login("bob") == 200
+            viewer = WsReader(await c.ws("pool/1", "read"))
+            await viewer.frame("hello")
+            since = len(viewer.data)
+            status, result = await c.call("POST", "/api/vms/pool/1/restart", {"timeout": 60})
+            assert status == 200 and result["action"] == "restart", result
+            at = await viewer.expect(b"Linux version", since=since, timeout=120)
+            await viewer.expect(b"login:", since=at, timeout=120)
+            status, err = await c.call("POST", "/api/vms/pool/1/restart", {"timeout": "soon"})
+            assert status == 422 and err["error"]["code"] == "bad_timeout"
+            await viewer.ws.close()
+    run(go())
+    restarts = [a for a in served.audit() if a["event"] == "action" and a["action"] == "restart"]
+    assert restarts and restarts[-1]["ok"] and restarts[-1]["vm"] == "pool/1"
