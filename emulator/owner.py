@@ -17,6 +17,7 @@ import asyncio
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -156,10 +157,16 @@ class ConsoleOwner:
             )
             log.info("%s: accelerator %s (%s)", self.name, self.accel, self.accel_reason)
         state_file = None
+        backing: tuple[str, str | None] | None = (self.spec.disk, self.spec.disk_format) if self.spec.disk else None
         if snapshot is not None:
             snap = snapshots.find(snapshot, snapshots.snapshot_key(self.spec, self.accel, qemu))
             state_file = snap.state.open("rb")
             self.snapshot_meta = snap.meta
+            if (snap.folder / "disk.qcow2").exists():
+                backing = (str(snap.folder / "disk.qcow2"), "qcow2")
+        overlay = None
+        if self.spec.disk and self.spec.disk_snapshot and backing is not None:
+            overlay = await self._make_overlay(*backing)
         serial_ours, serial_qemu = socket.socketpair()
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(
@@ -167,6 +174,11 @@ class ConsoleOwner:
             name=self.name, qemu=qemu,
         )
         pass_fds = [serial_qemu.fileno(), qmp_qemu.fileno()]
+        if overlay is not None:
+            args = qemu_args(
+                self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
+                name=self.name, qemu=qemu, disk_overlay=str(overlay),
+            )
         if state_file is not None:
             args += ["-incoming", f"fd:{state_file.fileno()}"]
             pass_fds.append(state_file.fileno())
@@ -205,6 +217,22 @@ class ConsoleOwner:
         if snapshot is not None:
             await self._wait_restored(snapshot)
         self.state = "running"
+
+    async def _make_overlay(self, backing: str, backing_format: str | None) -> Path:
+        """A fresh qcow2 overlay in the guest folder: the guest's writes never reach `backing`."""
+        overlay = self.folder / "overlay.qcow2"
+        overlay.unlink(missing_ok=True)
+        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing]
+        if backing_format:
+            command += ["-F", backing_format]
+        proc = await asyncio.create_subprocess_exec(
+            *command, str(overlay), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise SerconError(f"qemu-img could not make an overlay on {backing} (apt-get install qemu-utils): "
+                              f"{out.decode(errors='replace').strip()}")
+        return overlay
 
     async def _wait_restored(self, snapshot: str) -> None:
         """QEMU loads the state, then runs the guest by itself; a bad stream makes it exit."""
@@ -248,13 +276,20 @@ class ConsoleOwner:
                 if status.get("status") in ("failed", "cancelled"):
                     raise ActionFailed(f"saving snapshot {name!r} failed: {status.get('error-desc', status)}")
                 await asyncio.sleep(0.01)
+            overlay = self.folder / "overlay.qcow2"
+            if self.spec.disk and not (self.spec.disk_snapshot and overlay.exists()):
+                raise ActionFailed(
+                    f"snapshot of {self.name}: its disk is written in place; snapshots of disk guests need "
+                    "disk_snapshot=True (writes to a throw-away overlay that the snapshot can keep)"
+                )
+            if overlay.exists() and self.spec.disk:
+                # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
+                shutil.copyfile(overlay, tmp / "disk.qcow2")
             snap = snapshots.commit(tmp, name, key, {
                 "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
                 "guest": self.name, "extra": extra or {},
             })
         except BaseException:
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         finally:

@@ -41,6 +41,7 @@ def qemu_args(
     qmp_fd: int,
     name: str = "sercon",
     qemu: str = QEMU_BINARY,
+    disk_overlay: str | None = None,
 ) -> list[str]:
     """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm")."""
     args = [
@@ -73,7 +74,10 @@ def qemu_args(
             args += ["-initrd", spec.initrd]
         if spec.append:
             args += ["-append", spec.append]
-    if spec.disk:
+    if spec.disk and disk_overlay:
+        # The owner's throw-away overlay (backed by the image): snapshots can save and restore it.
+        args += ["-drive", f"file={disk_overlay},if={spec.disk_interface},format=qcow2"]
+    elif spec.disk:
         drive = f"file={spec.disk},if={spec.disk_interface}"
         if spec.disk_format:
             drive += f",format={spec.disk_format}"
