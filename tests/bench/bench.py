@@ -5,6 +5,8 @@
 - round trip: median `LinuxShell.run("true")` vs one raw write/read round trip on a bare QEMU's
   serial socket with the same marker prompt (goal: at most 1.2x the raw floor).
 - SysRq and NMI latency: action call to the kernel's answer on the console.
+- snapshots: cold boot to a logged-in shell vs restoring a snapshot taken there, per image
+  (goal: restore at most 1 s, and at least 10x faster for the systemd and GRUB images).
 
 Prints a table and writes tests/bench/results/bench.json. Ratios, not absolute times, are the
 result: this machine is shared, so absolute numbers move from run to run.
@@ -167,6 +169,45 @@ def bench_actions(spec: GuestSpec) -> dict[str, Any]:
     return {"sysrq_ms": median_ms(sysrq), "nmi_ms": median_ms(nmi), "samples": 10}
 
 
+def bench_snapshots(image_names: list[str], accel: str) -> list[dict[str, Any]]:
+    """Cold boot to a logged-in shell vs restore of a snapshot taken there, per image."""
+    rows = []
+    for image in image_names:
+        try:
+            spec = resolve_image(image).replace(accel=accel)
+        except Exception as exc:  # an image that cannot be built here is reported, not fatal
+            rows.append({"image": image, "skipped": str(exc).splitlines()[0]})
+            continue
+        cold: list[float] = []
+        restore: list[float] = []
+        nonce = ""
+        for run in range(max(1, RUNS // 2)):
+            started = time.perf_counter()
+            machine = Machine(spec, name=f"bench-cold-{run}").start()
+            try:
+                shell = LinuxShell(Console.for_machine(machine))
+                shell.login(spec.user or "root", spec.password, timeout=300)
+                cold.append(time.perf_counter() - started)
+                if run == 0:
+                    machine.snapshot(f"bench-{image}", nonce=shell.nonce)
+                    nonce = shell.nonce
+                shell.console.close()
+            finally:
+                machine.stop()
+        for run in range(RUNS):
+            started = time.perf_counter()
+            machine = Machine(spec, name=f"bench-restore-{run}", from_snapshot=f"bench-{image}").start()
+            try:
+                shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
+                restore.append(time.perf_counter() - started)
+                shell.console.close()
+            finally:
+                machine.stop()
+        cold_ms, restore_ms = median_ms(cold), median_ms(restore)
+        rows.append({"image": image, "cold_ms": cold_ms, "restore_ms": restore_ms, "speedup": cold_ms / restore_ms})
+    return rows
+
+
 def main() -> int:
     home = tempfile.mkdtemp(prefix="sercon-bench-")
     os.environ["SERCON_HOME"] = home
@@ -178,6 +219,8 @@ def main() -> int:
     results["boot"] = bench_boot(spec, accel)
     results["round_trip"] = bench_round_trip(spec, accel)
     results["actions"] = bench_actions(spec)
+    images = os.environ.get("SERCON_BENCH_IMAGES", "linux-initramfs,debian-systemd,debian-grub").split(",")
+    results["snapshots"] = bench_snapshots([i for i in images if i], accel)
     for name, module, function in (("images", "bench_images", "bench_cold_boots"),
                                    ("web", "bench_web", "run_all")):
         try:
@@ -198,6 +241,13 @@ def main() -> int:
           "  (harness cost alone)")
     print(f"{'SysRq h -> help on console':<34}{'':>12}{actions['sysrq_ms']:>10.1f}ms")
     print(f"{'NMI -> kernel message on console':<34}{'':>12}{actions['nmi_ms']:>10.1f}ms")
+    print(f"\n{'restore vs cold boot, to a shell':<34}{'cold':>12}{'restore':>12}{'speedup':>8}  goal")
+    for row in results["snapshots"]:
+        if "skipped" in row:
+            print(f"  {row['image']:<32} skipped: {row['skipped']}")
+        else:
+            print(f"  {row['image']:<32}{row['cold_ms']:>10.0f}ms{row['restore_ms']:>10.0f}ms{row['speedup']:>7.1f}x"
+                  "  restore <= 1 s, >= 10x for systemd/GRUB")
     for name in ("images", "web"):
         if "skipped" not in results[name]:
             print(f"\n{name}: {json.dumps(results[name], indent=2)}")
