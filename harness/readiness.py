@@ -30,6 +30,7 @@ import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from emulator import GuestSpec, Machine, resolve_image
@@ -171,7 +172,7 @@ def run_checks(machine: Machine, user: str, password: str | None, *, boot_timeou
 def _run_checks(report: Report, machine: Machine, console: Console, user: str, password: str | None,
                 boot_timeout: float, started: float) -> Report:
     add = report.checks.append
-    got_login = _wait_for_login(console, boot_timeout, after_boot=30.0)
+    got_login = _wait_for_login(console, boot_timeout, after_boot=20.0)
     if got_login:
         report.boot_seconds = round(time.monotonic() - started, 1)
     boot_log = machine.read_log(0)
@@ -375,6 +376,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _disk_format(path: str) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
+    except OSError as exc:
+        raise SerconError(f"cannot read disk image {path}: {exc}") from exc
+
+
 def spec_from_args(args: argparse.Namespace) -> tuple[GuestSpec, str]:
     """The guest to check: a recipe or file (IMAGE), a disk (--disk), or a kernel (--kernel, with --initrd,
     --append and optionally --disk for its root filesystem)."""
@@ -387,11 +396,12 @@ def spec_from_args(args: argparse.Namespace) -> tuple[GuestSpec, str]:
         spec, label = resolve_image(args.image), args.image
     elif args.kernel:
         spec = GuestSpec(kernel=args.kernel, initrd=args.initrd, append=args.append or "console=ttyS0,115200n8",
-                         disk=args.disk, disk_format="raw" if args.disk and args.disk.endswith(".img") else None,
-                         image=args.kernel)
+                         disk=args.disk, disk_format=_disk_format(args.disk) if args.disk else None,
+                         image=Path(args.kernel).name)
         label = args.kernel
     else:
-        spec, label = GuestSpec(disk=args.disk, image=args.disk), args.disk
+        spec = GuestSpec(disk=args.disk, disk_format=_disk_format(args.disk), image=Path(args.disk).name)
+        label = args.disk
     if spec.disk:
         spec = spec.replace(disk_snapshot=True)  # checking never writes to the user's image
     if args.memory:
