@@ -78,10 +78,14 @@ class LinuxShell:
         self.prompt = re.compile(rb"__sc" + self.nonce.encode() + rb"_(\d+)_# ")
         self.logged_in_as: str | None = None
         self._max_kernel_ts = -1.0
+        self._ts_carry = b""
         console.tail.hooks.append(self._watch_timestamps)
 
     def _watch_timestamps(self, data: bytes) -> None:
-        for match in TIMESTAMP.finditer(data):
+        # A timestamp may be split across two reads: look at the end of the previous one too.
+        window = self._ts_carry + data
+        self._ts_carry = data[-24:]
+        for match in TIMESTAMP.finditer(window):
             ts = int(match.group(1)) + int(match.group(2)) / 1e6
             if ts > self._max_kernel_ts:
                 self._max_kernel_ts = ts

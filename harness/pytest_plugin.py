@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def sercon_home(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def sercon_home(request: pytest.FixtureRequest) -> Iterator[Path]:
     chosen = request.config.getoption("--sercon-home")
-    home = Path(chosen) if chosen else tmp_path_factory.mktemp("sercon-home", numbered=True)
+    # Short, not under pytest's deep tmp folders: unix socket paths must stay under 108 bytes.
+    home = Path(chosen) if chosen else Path(tempfile.mkdtemp(prefix="sercon-"))
     previous = os.environ.get("SERCON_HOME")
     os.environ["SERCON_HOME"] = str(home)
-    yield home
+    yield home  # kept afterwards: the report points at its serial logs
     if previous is None:
         os.environ.pop("SERCON_HOME", None)
     else:
@@ -74,7 +76,7 @@ def sercon_spec(request: pytest.FixtureRequest) -> GuestSpec:
 
 def _guest_name(request: pytest.FixtureRequest) -> str:
     """A name that says which test booted the guest, unique in the session."""
-    base = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name.removeprefix("test_"))[:36].strip("-.") or "guest"
+    base = re.sub(r"[^A-Za-z0-9_.-]", "-", request.node.name.removeprefix("test_"))[:32].strip("-.") or "guest"
     return f"{base}-{len(_STARTED) + 1}"
 
 

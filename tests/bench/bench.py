@@ -3,7 +3,8 @@
 - boot: QEMU start to `login:` through sercon (owner process, log, fan-out) vs the same QEMU
   command run bare with the test reading its serial socket directly (goal: overhead under 3%).
 - round trip: median `LinuxShell.run("true")` vs one raw write/read round trip on a bare QEMU's
-  serial socket with the same marker prompt (goal: at most 1.2x the raw floor).
+  serial socket with the same marker prompt (goal: at most 1.2x the raw floor), and vs labgrid's
+  ShellDriver (pinned, in its own venv; see bench_labgrid.py) on the same guest type.
 - SysRq and NMI latency: action call to the kernel's answer on the console.
 - snapshots: cold boot to a logged-in shell vs restoring a snapshot taken there, per image
   (goal: restore at most 1 s, and at least 10x faster for the systemd and GRUB images).
@@ -218,6 +219,12 @@ def main() -> int:
     results: dict[str, Any] = {"accel": accel, "time": time.time()}
     results["boot"] = bench_boot(spec, accel)
     results["round_trip"] = bench_round_trip(spec, accel)
+    try:
+        from bench_labgrid import bench_labgrid
+
+        results["labgrid"] = bench_labgrid(spec)
+    except Exception as exc:  # the peer is optional: no network to PyPI, or it broke
+        results["labgrid"] = {"skipped": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
     results["actions"] = bench_actions(spec)
     images = os.environ.get("SERCON_BENCH_IMAGES", "linux-initramfs,debian-systemd,debian-grub").split(",")
     results["snapshots"] = bench_snapshots([i for i in images if i], accel)
@@ -236,6 +243,13 @@ def main() -> int:
     label = 'run("true") round trip (median)'
     print(f"{label:<34}{rtt['raw_ms']:>10.2f}ms{rtt['sercon_ms']:>10.2f}ms"
           f"{rtt['ratio']:>8.2f}  <= 1.2x raw floor")
+    labgrid = results["labgrid"]
+    if "skipped" in labgrid:
+        print(f"{'labgrid run(true)':<34} skipped: {labgrid['skipped']}")
+    else:
+        label = f"labgrid {labgrid['version']} run('true')"
+        print(f"{label:<34}{labgrid['median_ms']:>10.2f}ms{rtt['sercon_ms']:>10.2f}ms"
+              f"{labgrid['median_ms'] / rtt['sercon_ms']:>7.0f}x  sercon >= 2x faster than labgrid")
     label = "  same, raw loop on sercon's socket"
     print(f"{label:<34}{rtt['raw_via_owner_ms']:>10.2f}ms{rtt['sercon_ms']:>10.2f}ms{rtt['ratio_same_socket']:>8.2f}"
           "  (harness cost alone)")
