@@ -15,11 +15,13 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml emulator/web/package-lock.json
 	@$(MAKE) --no-print-directory system-packages
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint]'
+	@command -v npm >/dev/null || { echo "npm is missing: apt-get install npm (the web console serves xterm.js from the npm registry)"; exit 1; }
+	cd emulator/web && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
 
 system-packages:
