@@ -52,6 +52,15 @@ def screen_count(page: Any, text: str) -> int:
     return int(page.evaluate("t => window.serconScreenText().split(t).length - 1", text))
 
 
+def new_boot_after(page: Any, action: Any) -> None:
+    """Do `action`; the page (no reload) then shows a new kernel boot and a new `login:` prompt."""
+    mark = page.evaluate("() => window.serconTranscript().length")
+    action()
+    page.wait_for_function("m => { const t = window.serconTranscript(); const at = t.indexOf('Linux version', m);"
+                           " return at >= 0 && t.indexOf('login:', at) >= 0; }", arg=mark, timeout=180_000)
+    screen_has(page, "login:")
+
+
 def login(page: Any, served: Served, user: str) -> None:
     page.goto(served.base + "/")
     assert page.url.endswith("/login")
@@ -93,12 +102,7 @@ def test_browser_console_end_to_end(page: Any, served: Served) -> None:
     screen_has(page, "sysrq: HELP")
 
     # Reset (with its confirmation): a new boot shows in the same page, no reload.
-    boots_before = screen_count(page, "Linux version")
-    page.click("#power-reset")
-    page.click("#confirm-ok")
-    page.wait_for_function("n => window.serconScreenText().split('Linux version').length - 1 > n",
-                           arg=boots_before, timeout=120_000)
-    screen_has(page, "login:")
+    new_boot_after(page, lambda: (page.click("#power-reset"), page.click("#confirm-ok")))
     assert page.url.endswith("/vms/web1/console")
 
     # A paste over 2048 characters is cut to 2048, with a visible notice.
@@ -115,12 +119,7 @@ def test_browser_console_end_to_end(page: Any, served: Served) -> None:
     page.keyboard.press("Control+U")
 
     # Power cycle: a new QEMU process, the same page shows the new boot.
-    boots_before = screen_count(page, "Linux version")
-    page.click("#power-cycle")
-    page.click("#confirm-ok")
-    page.wait_for_function("n => window.serconScreenText().split('Linux version').length - 1 > n",
-                           arg=boots_before, timeout=120_000)
-    screen_has(page, "login:")
+    new_boot_after(page, lambda: (page.click("#power-cycle"), page.click("#confirm-ok")))
 
     # Boot diagnostics: the serial log, with both boots.
     page.click("#diag-link")

@@ -52,23 +52,36 @@ class Reader:
             self.data += chunk
         return at + len(needle)
 
-    async def shell(self) -> None:
-        since = len(self.data)
-        self.process.stdin.write(b"\r")
-        await self.expect(b"\n", since)
-        await asyncio.sleep(0.3)
+    async def drain(self, quiet: float = 0.5) -> None:
         while True:
             try:
-                self.data += await asyncio.wait_for(self.process.stdout.read(65536), 0.3)
+                chunk = await asyncio.wait_for(self.process.stdout.read(65536), quiet)
             except TimeoutError:
-                break
-        tail = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", self.data[since:]).rstrip()
-        if tail.endswith(b"login:"):
+                return
+            if not chunk:
+                return
+            self.data += chunk
+
+    async def shell(self) -> None:
+        """Reach a root prompt: Enter until the guest shows `#` or `login:` (then log in)."""
+        await self.drain()
+        for _ in range(10):
             since = len(self.data)
-            self.process.stdin.write(b"root\r")
-            await self.expect(b"Password:", since)
-            self.process.stdin.write(b"sercon\r")
-            await self.expect(b"# ", since)
+            self.process.stdin.write(b"\r")
+            await self.expect(b"\n", since)
+            await self.drain()
+            tail = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", self.data[since:]).rstrip()
+            if tail.endswith(b"#"):
+                return
+            if tail.endswith(b"login:"):
+                since = len(self.data)
+                self.process.stdin.write(b"root\r")
+                await self.expect(b"Password:", since)
+                self.process.stdin.write(b"sercon\r")
+                await self.expect(b"# ", since)
+                await self.drain()
+                return
+        raise AssertionError(f"no shell prompt over SSH: {self.data[-300:]!r}")
 
 
 def test_ssh_console_sysrq_and_escapes(served: Served) -> None:

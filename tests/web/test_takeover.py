@@ -22,26 +22,33 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def shell(reader: WsReader) -> None:
-    """Get to a root shell prompt on the guest, logging in if needed."""
-    since = len(reader.data)
-    await reader.ws.send_json({"type": "input", "data": "\r"})
-    await reader.expect(b"\n", since=since)
-    for _ in range(3):
-        await asyncio.sleep(0.3)
-        tail = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", reader.data[since:])
-        if tail.rstrip().endswith(b"#"):
+async def drain(reader: WsReader, quiet: float = 0.5) -> None:
+    while not reader.closed:
+        try:
+            await reader.pump_once(quiet)
+        except TimeoutError:
             return
-        if tail.rstrip().endswith(b"login:"):
+
+
+async def shell(reader: WsReader) -> None:
+    """Reach a root prompt on the guest: Enter until it shows `#` or `login:` (then log in)."""
+    await drain(reader)
+    for _ in range(10):
+        since = len(reader.data)
+        await reader.ws.send_json({"type": "input", "data": "\r"})
+        await reader.expect(b"\n", since=since)
+        await drain(reader)
+        tail = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", reader.data[since:]).rstrip()
+        if tail.endswith(b"#"):
+            return
+        if tail.endswith(b"login:"):
             since = len(reader.data)
             await reader.ws.send_json({"type": "input", "data": "root\r"})
             await reader.expect(b"Password:", since=since)
             await reader.ws.send_json({"type": "input", "data": "sercon\r"})
             await reader.expect(b"# ", since=since)
+            await drain(reader)
             return
-        since = len(reader.data)
-        await reader.ws.send_json({"type": "input", "data": "\r"})
-        await reader.expect(b"\n", since=since)
     raise AssertionError(f"no shell prompt: {reader.data[-300:]!r}")
 
 
