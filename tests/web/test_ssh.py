@@ -129,10 +129,13 @@ def test_ssh_console_sysrq_and_escapes(served: Served) -> None:
 
 def test_ssh_reader_and_strangers_are_refused(served: Served) -> None:
     async def refused(username: str) -> tuple[int | None, bytes]:
-        async with await connect(served, username) as conn:
+        conn = await connect(served, username)
+        try:
             result = await conn.run(term_type="xterm", encoding=None, timeout=30)
-            assert isinstance(result.stderr, bytes)
-            return result.exit_status, result.stderr
+        finally:
+            conn.close()
+        assert isinstance(result.stderr, bytes)
+        return result.exit_status, result.stderr
 
     status, err = run(refused("carol+web1"))
     assert status == 1 and b"needs the contributor or owner role" in err
