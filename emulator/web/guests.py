@@ -73,7 +73,7 @@ def status_of(exc: SerconError) -> tuple[int, str]:
     return 500, "error"
 
 
-@dataclass
+@dataclass(eq=False)
 class ConsoleConnection:
     """One console-socket connection to a guest's owner, after the handshake."""
 
@@ -87,6 +87,8 @@ class ConsoleConnection:
     took_over: str | None
     #: time.monotonic() of the last keystrokes written (0: none yet).
     last_input: float = 0.0
+    #: Set when sercon serve itself ends the connection (e.g. "disabled").
+    ended_by_server: str | None = None
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -103,6 +105,8 @@ class FleetHost:
         self.state_dir = paths.home() / "serve"
         #: Failed logins, shared by the web and SSH front ends.
         self.limiter = RateLimiter()
+        #: Open console connections per VM name (so disabling a console ends them).
+        self.connections: dict[str, set[ConsoleConnection]] = {}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -173,6 +177,10 @@ class FleetHost:
     def set_console(self, vm: Vm, enabled: bool, user: str, source: str, via: str) -> None:
         self.vm_console[vm.name] = enabled
         self.audit.write("console_enabled", user=user, vm=vm.name, source=source, via=via, enabled=enabled)
+        if not enabled:
+            for conn in list(self.connections.get(vm.name, ())):
+                conn.ended_by_server = "disabled"
+                conn.close()
 
     # ------------------------------------------------------------ control socket
 
@@ -300,10 +308,13 @@ class FleetHost:
         if holder:
             self.audit.write("console_takeover", user=user, vm=vm.name, source=source, via=via, previous=holder)
         self.audit.write("console_connect", user=user, vm=vm.name, source=source, via=via, mode=mode)
-        return ConsoleConnection(vm=vm, reader=reader, writer=writer, mode=mode, label=label, start=start,
+        conn = ConsoleConnection(vm=vm, reader=reader, writer=writer, mode=mode, label=label, start=start,
                                  took_over=holder)
+        self.connections.setdefault(vm.name, set()).add(conn)
+        return conn
 
     def console_closed(self, conn: ConsoleConnection, user: str, source: str, via: str, reason: str) -> None:
         conn.close()
+        self.connections.get(conn.vm.name, set()).discard(conn)
         self.audit.write("console_disconnect", user=user, vm=conn.vm.name, source=source, via=via, mode=conn.mode,
                          reason=reason)

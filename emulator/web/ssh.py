@@ -236,7 +236,7 @@ class SshFrontEnd:
                 position += len(data)
                 process.stdout.write(data)
                 await process.stdout.drain()
-            state["reason"] = "takeover" if TAKEOVER_MARK in tail else "guest"
+            state["reason"] = conn.ended_by_server or ("takeover" if TAKEOVER_MARK in tail else "guest")
 
         pump = asyncio.create_task(out())
         at_line_start = True

@@ -331,7 +331,7 @@ class WebConsole:
             async for data in coalesced(conn.reader):
                 tail = (tail + data)[-512:]
                 await ws.send_bytes(data)
-            reason["value"] = "takeover" if TAKEOVER_MARK in tail else "guest"
+            reason["value"] = conn.ended_by_server or ("takeover" if TAKEOVER_MARK in tail else "guest")
 
         pump = asyncio.create_task(guest_to_ws())
         idle = self.host.fleet.idle_timeout
@@ -379,6 +379,8 @@ class WebConsole:
                 "idle": f"The serial console connection was closed after {idle:.0f} s without input. "
                         "To reconnect, press Enter.",
                 "guest": "The serial console connection was closed by the guest's owner. To reconnect, press Enter.",
+                "disabled": "The serial console connection was closed: an owner disabled the serial console of "
+                            f"{conn.vm.name}.",
             }
             try:
                 await ws.send_json({"type": "closed", "reason": reason["value"],

@@ -116,8 +116,14 @@ def test_owner_disables_and_enables_a_console(served: Served) -> None:
     async def go() -> None:
         async with Client(served) as owner, Client(served) as bob:
             assert await owner.login("alice") == 200 and await bob.login("bob") == 200
+            watching = WsReader(await bob.ws("pool/1", "read"))
+            await watching.frame("hello")
             status, body = await owner.call("POST", "/api/vms/pool/1/console", {"enabled": False})
             assert status == 200 and body["console_enabled"] is False
+            # Open sessions end, with the reason.
+            closed = await watching.frame("closed")
+            assert closed["reason"] == "disabled" and "disabled the serial console" in closed["message"]
+            await watching.until_closed()
             try:
                 ws = await bob.ws("pool/1")
                 raise AssertionError("the websocket should have been refused")

@@ -78,6 +78,11 @@
         waitingForEnter = true;
         return;
       }
+      if (closedByServer && closedByServer.reason === "disabled") {
+        notice(closedByServer.message, true);
+        status("disconnected: the console is disabled");
+        return;
+      }
       if (fatal || ev.code === 4401 || ev.code === 4403 || ev.code === 4404) {
         status("disconnected");
         waitingForEnter = true;
