@@ -84,6 +84,8 @@ class _Server(asyncssh.SSHServer):
         self.front = front
         self.conn: asyncssh.SSHServerConnection | None = None
         self.source = "unknown"
+        self.user = ""
+        self.password_used = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -92,6 +94,7 @@ class _Server(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         user, _ = split_username(username)
+        self.user = user
         account = self.front.host.fleet.users.get(user)
         if account and account.ssh_keys and self.conn is not None:
             try:
@@ -117,6 +120,7 @@ class _Server(asyncssh.SSHServer):
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, password, account.password_hash if account else None)
         if ok:
+            self.password_used = True
             self.front.limiter.succeeded(address, user)
             audit.write("login_ok", user=user, source=self.source, via="ssh", method="password")
         else:
@@ -125,7 +129,8 @@ class _Server(asyncssh.SSHServer):
         return ok
 
     def auth_completed(self) -> None:
-        pass
+        if not self.password_used:
+            self.front.host.audit.write("login_ok", user=self.user, source=self.source, via="ssh", method="publickey")
 
 
 class SshFrontEnd:

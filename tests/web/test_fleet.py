@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncssh
 import pytest
 
 from emulator.web.auth import hash_password, verify_password
@@ -20,12 +21,15 @@ from .client import Client, Served, WsReader
 from .conftest import start_serve, stop_serve
 
 PASSWORD = "small-fleet-pw"
+CLIENT_KEY = asyncssh.generate_private_key("ssh-ed25519")
+CLIENT_KEY_PUBLIC = CLIENT_KEY.export_public_key().decode().strip()
 
 
-def write_fleet(path: Path, serve: str, vm: str = "") -> Path:
+def write_fleet(path: Path, serve: str, vm: str = "", ssh_key: str = "") -> Path:
+    keys = f"ssh_keys = [\"{ssh_key}\"]\n" if ssh_key else ""
     path.write_text(f'[serve]\n{serve}\n\n[vms.solo]\nimage = "linux-initramfs"\nmemory_mb = 256\n{vm}\n'
                     'roles = { erin = "owner" }\n\n'
-                    f'[users.erin]\npassword = "{hash_password(PASSWORD)}"\n')
+                    f'[users.erin]\npassword = "{hash_password(PASSWORD)}"\n{keys}')
     return path
 
 
@@ -81,7 +85,7 @@ def small_fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
     for name, serve in (("off", "console_enabled = false"), ("idle", "idle_timeout = 3")):
         home = base / name
         home.mkdir()
-        proc, info = start_serve(home, write_fleet(base / f"{name}.toml", serve))
+        proc, info = start_serve(home, write_fleet(base / f"{name}.toml", serve, ssh_key=CLIENT_KEY_PUBLIC))
         procs.append(proc)
         s = Served(home=home, info=info, passwords={"erin": PASSWORD})
         s.wait_log("solo", b"login: ", timeout=240)
@@ -131,3 +135,32 @@ def test_idle_session_ends(small_fleets: tuple[Served, Served]) -> None:
             await r.until_closed()
     run(go())
     assert any(a["event"] == "console_disconnect" and a["reason"] == "idle" for a in idle.audit())
+
+
+@pytest.mark.guest
+def test_ssh_public_key_login(small_fleets: tuple[Served, Served]) -> None:
+    _, served = small_fleets
+
+    async def go() -> None:
+        host_key = asyncssh.read_private_key(str(served.home / "serve" / "ssh_host_key")).convert_to_public()
+        conn = await asyncssh.connect("127.0.0.1", served.info["ssh_port"], username="erin+solo",
+                                      client_keys=[CLIENT_KEY], known_hosts=([host_key], [], []),
+                                      agent_path=None, password=None)
+        try:
+            process = await conn.create_process(term_type="xterm", encoding=None)
+            data = b""
+            while b"serial console of solo" not in data:
+                chunk = await asyncio.wait_for(process.stdout.read(4096), 60)
+                assert chunk, data
+                data += chunk
+            process.stdin.write(b"\r~.")
+            await asyncio.wait_for(process.wait(), 30)
+        finally:
+            conn.close()
+        other = asyncssh.generate_private_key("ssh-ed25519")
+        with pytest.raises(asyncssh.PermissionDenied):
+            await asyncssh.connect("127.0.0.1", served.info["ssh_port"], username="erin+solo", client_keys=[other],
+                                   known_hosts=([host_key], [], []), agent_path=None, password=None)
+    run(go())
+    assert any(a["event"] == "login_ok" and a.get("method") == "publickey" and a["user"] == "erin"
+               for a in served.audit())
