@@ -40,7 +40,7 @@ STREAM_GAP_S = 0.01
 #: ...if the last read brought at least this many bytes (an echo is a few bytes)...
 COALESCE_MIN = 64
 #: ...during which each read first lets output gather for this long.
-COALESCE_S = 0.004
+COALESCE_S = 0.01
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("sercon.web")

@@ -309,7 +309,7 @@ async def _burst(writer: Stream, readers: list[Stream]) -> tuple[float, list[flo
     return times[0], list(times[1:])
 
 
-async def bench_throughput(bench: WebBench, runs: int = 3) -> dict[str, Any]:
+async def bench_throughput(bench: WebBench, runs: int = 5) -> dict[str, Any]:
     raw = await bench.bare.stream()
     await raw.expect(b"login:", timeout=240)
     await raw.shell()
@@ -384,7 +384,7 @@ async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> dict[str, Any]:
             "ssh_vs_raw": round(ssh_ms["median_ms"] / raw_ms["median_ms"], 2)}
 
 
-async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = 2) -> dict[str, Any]:
+async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = 3) -> dict[str, Any]:
     session = await bench.http()
     writer = await bench.ws(session)
     await writer.shell()
