@@ -1,0 +1,141 @@
+"""Cold boot of the distribution images: QEMU start to `login:` through sercon vs the bare QEMU command.
+
+`bench_cold_boots(["debian-systemd", "debian-grub"])` returns one row per image with the median
+over `SERCON_BENCH_IMAGE_RUNS` boots (default 3) of:
+
+- `bare_ms`: the QEMU command line sercon would run (`emulator.qemu_args`, `-snapshot` for the
+  disk instead of the owner's qcow2 overlay), started here, its serial socket read directly;
+- `sercon_ms`: `Machine(spec).start()` and a `Console` waiting for `login:` (owner process,
+  serial log, event index, console fan-out all in the path).
+
+The two alternate, so machine load affects both alike. The accelerator is the one sercon picks
+(`SERCON_ACCEL=tcg` skips the KVM probe). Called by `tests/bench/bench.py` (`make bench`); also
+runnable alone: `python tests/bench/bench_images.py debian-systemd debian-grub`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from emulator import Machine  # noqa: E402
+from emulator.accel import choose_accel  # noqa: E402
+from emulator.images import build_image  # noqa: E402
+from emulator.qemu_args import find_qemu, qemu_args  # noqa: E402
+from emulator.spec import GuestSpec  # noqa: E402
+from harness.console import Console  # noqa: E402
+
+DEFAULT_IMAGES = ["debian-systemd", "debian-grub"]
+LOGIN = b"login: "
+TIMEOUT = 300.0
+
+
+def _bare_boot(spec: GuestSpec, accel: str) -> float:
+    """Seconds from starting the bare QEMU command to `login:` on its serial socket."""
+    serial, serial_qemu = socket.socketpair()
+    qmp, qmp_qemu = socket.socketpair()
+    args = qemu_args(spec, accel=accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
+                     name="bench-image-bare", qemu=find_qemu())
+    started = time.perf_counter()
+    proc = subprocess.Popen(args, pass_fds=(serial_qemu.fileno(), qmp_qemu.fileno()),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    serial_qemu.close()
+    qmp_qemu.close()
+    try:
+        buffer = b""
+        deadline = time.monotonic() + TIMEOUT
+        serial.settimeout(5)
+        while LOGIN not in buffer:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise TimeoutError(f"bare QEMU for {spec.image}: no {LOGIN!r} within {TIMEOUT:.0f}s")
+            try:
+                chunk = serial.recv(65536)
+            except TimeoutError:
+                continue
+            if not chunk:
+                raise TimeoutError(f"bare QEMU for {spec.image} closed its serial port")
+            buffer = buffer[-64:] + chunk
+        return time.perf_counter() - started
+    finally:
+        proc.kill()
+        proc.wait()
+        serial.close()
+        qmp.close()
+
+
+def _sercon_boot(spec: GuestSpec) -> float:
+    started = time.perf_counter()
+    machine = Machine(spec, name="bench-image").start()
+    try:
+        console = Console.for_machine(machine, from_offset=0)
+        console.expect(LOGIN.decode(), timeout=TIMEOUT)
+        elapsed = time.perf_counter() - started
+        console.close()
+        return elapsed
+    finally:
+        machine.stop()
+
+
+def bench_cold_boots(images: list[str] | None = None) -> list[dict[str, Any]]:
+    """Median cold boot to `login:` per image, sercon vs bare QEMU (milliseconds), plus build facts."""
+    runs = int(os.environ.get("SERCON_BENCH_IMAGE_RUNS", "3"))
+    own_home = "SERCON_HOME" not in os.environ
+    if own_home:
+        os.environ["SERCON_HOME"] = tempfile.mkdtemp(prefix="sercon-bench-images-")
+    rows: list[dict[str, Any]] = []
+    try:
+        for name in images or DEFAULT_IMAGES:
+            try:
+                image = build_image(name)
+            except Exception as exc:  # an image that cannot be built here is reported, not fatal
+                rows.append({"image": name, "skipped": str(exc).splitlines()[0]})
+                continue
+            spec = image.spec
+            accel, _reason = choose_accel(spec.accel, find_qemu(), spec.kernel)
+            spec = spec.replace(accel=accel)
+            bare, sercon = [], []
+            for _ in range(runs):
+                bare.append(_bare_boot(spec, accel))
+                sercon.append(_sercon_boot(spec))
+            bare_ms = statistics.median(bare) * 1000
+            sercon_ms = statistics.median(sercon) * 1000
+            size = sum(f.stat().st_blocks * 512 for f in image.path.iterdir() if f.is_file())
+            rows.append({
+                "image": name, "accel": accel, "runs": runs,
+                "bare_ms": round(bare_ms), "sercon_ms": round(sercon_ms),
+                "ratio": round(sercon_ms / bare_ms, 3), "overhead_pct": round((sercon_ms / bare_ms - 1) * 100, 1),
+                "bare_all_ms": [round(t * 1000) for t in bare], "sercon_all_ms": [round(t * 1000) for t in sercon],
+                "image_disk_mb": round(size / 2**20),
+            })
+    finally:
+        if own_home:
+            os.environ.pop("SERCON_HOME", None)
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    rows = bench_cold_boots(argv or None)
+    print(f"{'image':<18}{'bare QEMU':>12}{'sercon':>12}{'ratio':>8}")
+    for row in rows:
+        if "skipped" in row:
+            print(f"{row['image']:<18} skipped: {row['skipped']}")
+        else:
+            print(f"{row['image']:<18}{row['bare_ms']:>10}ms{row['sercon_ms']:>10}ms{row['ratio']:>8.3f}")
+    print(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
