@@ -5,8 +5,8 @@ console over HTTPS and the SSH front end until SIGINT/SIGTERM, then stops the gu
 Once listening it prints one line `SERVING {json}` (ports, certificate fingerprint, audit log
 path) so scripts and tests can wait for it.
 
-`user_add_main(argv)` hashes a password (prompted twice, or one line on stdin with
-`--password-stdin`) and writes `[users.USER]` into the fleet file.
+`user_main(argv)` is `sercon user add ...`; `user_add_main(argv)` hashes a password (prompted
+twice, or one line on stdin with `--password-stdin`) and writes `[users.USER]` into the fleet file.
 """
 
 from __future__ import annotations
@@ -154,6 +154,18 @@ def user_add_main(argv: list[str] | None = None) -> int:
     print(f"{'updated' if existed else 'added'} user {args.user} in {args.fleet}; give them a role in a VM's "
           f"roles table, e.g. roles = {{ {args.user} = \"contributor\" }}")
     return 0
+
+
+def user_main(argv: list[str] | None = None) -> int:
+    """`sercon user SUBCOMMAND ...`: only `add` for now."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print("usage: sercon user add FLEET USER [--password-stdin] [--ssh-key FILE] [--no-password]")
+        return 0 if args else 2
+    if args[0] != "add":
+        print(f"sercon user: unknown subcommand {args[0]!r}; use `sercon user add FLEET USER`", file=sys.stderr)
+        return 2
+    return user_add_main(args[1:])
 
 
 if __name__ == "__main__":  # python -m emulator.web.serve FLEET

@@ -65,7 +65,9 @@ def test_user_add_writes_a_slow_hash_and_keeps_the_file(tmp_path: Path, monkeypa
     monkeypatch.setattr(sys, "stdin", io.StringIO("first-password\n"))
     assert user_add_main([str(fleet), "dana", "--password-stdin"]) == 0
     monkeypatch.setattr(sys, "stdin", io.StringIO("second-password\n"))
-    assert user_add_main([str(fleet), "dana", "--password-stdin"]) == 0
+    from emulator.cli import main as sercon
+
+    assert sercon(["user", "add", str(fleet), "dana", "--password-stdin"]) == 0  # the CLI path
     text = fleet.read_text()
     assert text.startswith("# my fleet\n") and text.count("[users.dana]") == 1
     stored = load_fleet(fleet).users["dana"].password_hash
