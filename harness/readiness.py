@@ -376,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _disk_format(path: str) -> str:
+def disk_format(path: str) -> str:
     try:
         with open(path, "rb") as fh:
             return "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
@@ -396,11 +396,11 @@ def spec_from_args(args: argparse.Namespace) -> tuple[GuestSpec, str]:
         spec, label = resolve_image(args.image), args.image
     elif args.kernel:
         spec = GuestSpec(kernel=args.kernel, initrd=args.initrd, append=args.append or "console=ttyS0,115200n8",
-                         disk=args.disk, disk_format=_disk_format(args.disk) if args.disk else None,
+                         disk=args.disk, disk_format=disk_format(args.disk) if args.disk else None,
                          image=Path(args.kernel).name)
         label = args.kernel
     else:
-        spec = GuestSpec(disk=args.disk, disk_format=_disk_format(args.disk), image=Path(args.disk).name)
+        spec = GuestSpec(disk=args.disk, disk_format=disk_format(args.disk), image=Path(args.disk).name)
         label = args.disk
     if spec.disk:
         spec = spec.replace(disk_snapshot=True)  # checking never writes to the user's image
