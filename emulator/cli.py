@@ -440,14 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_plugin_commands(sub: Any) -> None:
     """Commands implemented in other modules, passed their remaining arguments untouched."""
-    for name, module, function, text in (
-        ("check", "harness.readiness", "check_main", "check an image's serial-console readiness"),
-        ("serve", "emulator.web.serve", "serve_main", "web console and SSH front end for a fleet"),
-        ("user", "emulator.web.serve", "user_main", "manage fleet users (user add)"),
+    for name, text in (
+        ("check", "check an image's serial-console readiness (sercon check --help)"),
+        ("serve", "web console and SSH front end for a fleet (sercon serve --help)"),
+        ("user", "manage fleet users: sercon user add FLEET USER"),
     ):
         p = sub.add_parser(name, help=text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=_delegate(module, function))
+        p.set_defaults(func=_delegate(*DELEGATED[name]))
 
 
 def _delegate(module: str, function: str) -> Any:
@@ -464,9 +464,20 @@ def _delegate(module: str, function: str) -> Any:
     return run
 
 
+DELEGATED = {
+    "check": ("harness.readiness", "check_main"),
+    "serve": ("emulator.web.serve", "serve_main"),
+    "user": ("emulator.web.serve", "user_main"),
+}
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        # These commands parse their own arguments (including --help).
+        args = argparse.Namespace(command=argv[0], rest=argv[1:], func=_delegate(*DELEGATED[argv[0]]))
+    else:
+        args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)
         return result
