@@ -33,6 +33,24 @@ KERNEL_LINE = re.compile(rb"\[\s*(\d+)\.(\d{6})\] [^\n]*(?:\n|$)")
 TIMESTAMP = re.compile(rb"\[\s*(\d+)\.(\d{6})\] ")
 
 
+class KernelClock:
+    """The newest printk timestamp seen on a console: what `run()` compares kernel lines with."""
+
+    def __init__(self) -> None:
+        self.latest = -1.0
+        self._carry = b""
+
+    def feed(self, data: bytes) -> None:
+        # A timestamp may be split across reads (the UART often delivers a few bytes at a time):
+        # keep the tail of everything seen so far, not only of the last read.
+        window = self._carry + data
+        self._carry = window[-24:]
+        for match in TIMESTAMP.finditer(window):
+            ts = int(match.group(1)) + int(match.group(2)) / 1e6
+            if ts > self.latest:
+                self.latest = ts
+
+
 class LoginFailed(SerconError):
     """The guest refused the credentials, or no login prompt came."""
 
@@ -77,18 +95,8 @@ class LinuxShell:
         self.nonce = secrets.token_hex(4)
         self.prompt = re.compile(rb"__sc" + self.nonce.encode() + rb"_(\d+)_# ")
         self.logged_in_as: str | None = None
-        self._max_kernel_ts = -1.0
-        self._ts_carry = b""
-        console.tail.hooks.append(self._watch_timestamps)
-
-    def _watch_timestamps(self, data: bytes) -> None:
-        # A timestamp may be split across two reads: look at the end of the previous one too.
-        window = self._ts_carry + data
-        self._ts_carry = data[-24:]
-        for match in TIMESTAMP.finditer(window):
-            ts = int(match.group(1)) + int(match.group(2)) / 1e6
-            if ts > self._max_kernel_ts:
-                self._max_kernel_ts = ts
+        self.kernel_clock = KernelClock()
+        console.tail.hooks.append(self.kernel_clock.feed)
 
     @classmethod
     def resume(cls, console: Console, nonce: str, user: str = "root", timeout: float = 30.0) -> LinuxShell:
@@ -152,7 +160,7 @@ class LinuxShell:
         line = command
         if "\n" in command:
             line = "eval '" + command.replace("'", "'\\''") + "'"
-        threshold = self._max_kernel_ts
+        threshold = self.kernel_clock.latest
         # Bytes that arrived before this command (the rest of a line an earlier expect() matched
         # into, late kernel output) are not its output.
         self.console.discard_buffered()

@@ -52,3 +52,13 @@ def test_help_lists_every_command() -> None:
     text = help_text()
     for key in "snrRpblq?":
         assert f"  {key}  " in text
+
+
+
+def test_kernel_timestamps_split_across_many_reads_are_tracked() -> None:
+    from harness.linux import KernelClock
+
+    clock = KernelClock()
+    for byte in b"before\r\n[    2.832408] kmsg\r\n[  1.000000] older\r\n":
+        clock.feed(bytes([byte]))
+    assert clock.latest == 2.832408
