@@ -79,7 +79,8 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
             continue
         digest.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes() + b"\0")
     digest.update(inspect.getsource(builder).encode())
-    for helper in ("cpio", "kernel", "debian_packages"):
+    # A builder that uses other builder modules names them in HASH_ALSO, so their changes rebuild too.
+    for helper in ("cpio", "kernel", "debian_packages", *getattr(builder, "HASH_ALSO", ())):
         digest.update(inspect.getsource(importlib.import_module(f"emulator.builders.{helper}")).encode())
     digest.update(json.dumps(_cached_inputs(recipe, builder, digest.hexdigest()), sort_keys=True).encode())
     if recipe.get("overrides"):

@@ -41,6 +41,9 @@ from .kernel import write_vmlinux
 
 Log = Callable[[str], None]
 
+#: Other builder modules whose source feeds this builder's cache key (see emulator.images.recipe_hash).
+HASH_ALSO = ("initramfs",)
+
 #: Always installed: systemd as init, udev (without it the ttyS0 getty never starts), kmod (depmod,
 #: and udev's module loading).
 BASE_PACKAGES = ["systemd-sysv", "udev", "kmod"]

@@ -17,8 +17,6 @@ catch), `grub_timeout`, `cmdline` (kernel arguments; `console=ttyS0` last), and 
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -30,6 +28,9 @@ from . import debian_rootfs
 
 Log = Callable[[str], None]
 
+#: Other builder modules whose source feeds this builder's cache key (see emulator.images.recipe_hash).
+HASH_ALSO = ("debian_rootfs", "initramfs")
+
 GRUB_DIR = Path("/usr/lib/grub/i386-pc")
 #: Built into the core image: enough to read the partition and load normal.mod from it.
 CORE_MODULES = ["biosdisk", "part_msdos", "ext2", "normal", "linux", "serial", "terminal", "terminfo",
@@ -39,8 +40,6 @@ PARTITION_START = 1 << 20  # bytes: sector 2048, as fdisk does; the core image l
 
 def inputs(recipe: dict[str, Any]) -> dict[str, Any]:
     resolved = debian_rootfs.inputs(recipe)
-    # This builder's output also depends on debian_rootfs's code (the cache key hashes only ours).
-    resolved["debian_rootfs"] = hashlib.sha256(inspect.getsource(debian_rootfs).encode()).hexdigest()[:16]
     grub_version = sorted(p.name for p in GRUB_DIR.glob("*.img")) if GRUB_DIR.is_dir() else []
     resolved["grub_images"] = grub_version
     return resolved
