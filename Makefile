@@ -41,7 +41,7 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q; else echo "run: sudo apt-get update"; exit 1; fi; }
 
 images: setup
-	$(VENV)/bin/sercon image build linux-initramfs sac-sim
+	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)

@@ -194,7 +194,10 @@ def resolve_image(image: str, **overrides: Any) -> GuestSpec:
     elif path.is_file():
         head = path.open("rb").read(0x210)
         is_kernel = head[:4] == b"\x7fELF" or head[0x202:0x206] == b"HdrS"
-        spec = GuestSpec(kernel=str(path.resolve())) if is_kernel else GuestSpec(disk=str(path.resolve()))
+        if is_kernel:
+            spec = GuestSpec(kernel=str(path.resolve()))
+        else:  # say the format: an overlay on it (disk_snapshot) must name its backing format
+            spec = GuestSpec(disk=str(path.resolve()), disk_format="qcow2" if head[:4] == b"QFI\xfb" else "raw")
     else:
         load_recipe(image)  # raises UnknownImage with the list of recipes
         raise AssertionError("unreachable")

@@ -97,7 +97,8 @@ class Machine:
             sock.close()
 
     def _pick_name(self, image: str | None) -> str:
-        base = re.sub(r"[^A-Za-z0-9_.-]", "-", image or "guest")[:50] or "guest"
+        stem = Path(image).name if image else "guest"  # an image may be a path
+        base = re.sub(r"[^A-Za-z0-9_.-]", "-", stem).lstrip("-._")[:50] or "guest"
         for n in range(1, 1000):
             candidate = f"{base}-{n}"
             folder = paths.guest_dir(candidate)

@@ -24,7 +24,7 @@ from emulator.errors import SerconError
 
 from .console import Console, ConsoleTimeout
 
-LOGIN_PROMPT = re.compile(rb"[\r\n][\w.-]* ?login: ")
+LOGIN_PROMPT = re.compile(rb"[\r\n](?!Last login)[\w.-]* ?login: ")  # not the motd's "Last login: ..."
 PASSWORD_PROMPT = re.compile(rb"[Pp]assword: ?")
 LOGIN_INCORRECT = re.compile(rb"Login incorrect|Authentication failure|Permission denied")
 SHELL_PROMPT = re.compile(rb"[#$] ?$|[#$] \x1b\[6n")
