@@ -24,7 +24,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import struct
 import subprocess
 import tempfile
@@ -37,7 +36,7 @@ from ..errors import ImageBuildError
 from . import debian_packages
 from .cpio import CpioWriter
 from .initramfs import _applets, hash_password
-from .kernel import write_vmlinux
+from .kernel import install_kernel
 
 Log = Callable[[str], None]
 
@@ -412,16 +411,7 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         tmp = Path(tmp_name)
         kernel_tree, release, busybox = kernel_parts(resolved, Path(recipe["downloads"]), tmp, log)
         vmlinuz = kernel_tree / "boot" / f"vmlinuz-{release}"
-        boot = settings.get("boot", "pvh")
-        if boot == "pvh":
-            log("unpacking vmlinux from the bzImage (for the fast PVH entry)")
-            kernel_file = "vmlinux"
-            write_vmlinux(vmlinuz, out / kernel_file)
-        elif boot == "bzimage":
-            kernel_file = "bzImage"
-            shutil.copyfile(vmlinuz, out / kernel_file)
-        else:
-            raise ImageBuildError(f"recipe {recipe['name']}: boot must be \"pvh\" or \"bzimage\", not {boot!r}")
+        kernel_file = install_kernel(vmlinuz, out, settings.get("boot", "pvh"), recipe["name"], log)
         log("writing the initramfs")
         loaded = write_initramfs(kernel_tree, release, busybox, settings.get("initramfs_modules", []),
                                  out / "initramfs.cpio")

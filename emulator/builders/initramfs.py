@@ -9,7 +9,6 @@ image's SAC simulator). Output: `vmlinux` (or `bzImage`) and `initramfs.cpio`.
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -19,7 +18,7 @@ from typing import Any
 from ..errors import ImageBuildError
 from . import debian_packages
 from .cpio import CpioWriter
-from .kernel import write_vmlinux
+from .kernel import install_kernel
 
 Log = Callable[[str], None]
 
@@ -67,17 +66,7 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         if vmlinuz is None or not busybox.is_file():
             raise ImageBuildError("the kernel or busybox package did not contain the expected files")
         release = vmlinuz.name.removeprefix("vmlinuz-")
-
-        boot = settings.get("boot", "pvh")
-        if boot == "pvh":
-            log("unpacking vmlinux from the bzImage (for the fast PVH entry)")
-            kernel_file = "vmlinux"
-            write_vmlinux(vmlinuz, out / kernel_file)
-        elif boot == "bzimage":
-            kernel_file = "bzImage"
-            shutil.copyfile(vmlinuz, out / kernel_file)
-        else:
-            raise ImageBuildError(f"recipe {recipe['name']}: boot must be \"pvh\" or \"bzimage\", not {boot!r}")
+        kernel_file = install_kernel(vmlinuz, out, settings.get("boot", "pvh"), recipe["name"], log)
 
         log("writing the initramfs")
         modules_dir = kernel_tree / "lib" / "modules" / release

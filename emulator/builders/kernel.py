@@ -8,8 +8,10 @@ ELF `vmlinux` directly through its PVH entry note, which boots to `login:` in ab
 from __future__ import annotations
 
 import lzma
+import shutil
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ImageBuildError
@@ -63,6 +65,21 @@ def has_pvh_note(elf: bytes) -> bool:
                 return True
             pos += 12 + (namesz + 3) // 4 * 4 + (descsz + 3) // 4 * 4
     return False
+
+
+def install_kernel(vmlinuz: Path, out: Path, boot: str, recipe: str, log: Callable[[str], None]) -> str:
+    """Put the image's kernel into `out` the way the recipe boots it; returns the file name.
+
+    `boot = "pvh"`: the unpacked ELF vmlinux (fast under TCG); `"bzimage"`: the stock file.
+    """
+    if boot == "pvh":
+        log("unpacking vmlinux from the bzImage (for the fast PVH entry)")
+        write_vmlinux(vmlinuz, out / "vmlinux")
+        return "vmlinux"
+    if boot == "bzimage":
+        shutil.copyfile(vmlinuz, out / "bzImage")
+        return "bzImage"
+    raise ImageBuildError(f'recipe {recipe}: boot must be "pvh" or "bzimage", not {boot!r}')
 
 
 def write_vmlinux(bzimage_path: Path, out: Path) -> None:
