@@ -11,8 +11,9 @@ import shutil
 
 import pytest
 
-from emulator import Machine, paths
+from emulator import Machine
 from emulator.errors import SnapshotError
+from emulator.snapshots import folder_for
 from harness.console import Console
 from harness.linux import GuestPanicked, LinuxShell
 
@@ -50,11 +51,10 @@ def test_restore_into_a_running_guest_keeps_the_console(restored_guest: Machine,
     assert [e["event"] for e in restored_guest.events()].count("restored") == 2
 
 
-def test_corrupt_and_foreign_snapshots_are_refused(login_snapshot: str, sercon_spec: object,
-                                                   make_guest: object) -> None:
-    source = next((paths.cache() / "snapshots").glob(f"{login_snapshot}-*"))
-    key = source.name.rsplit("-", 1)[1]
-    corrupt = source.with_name(f"corrupt-test-{key}")
+def test_corrupt_and_foreign_snapshots_are_refused(restored_guest: Machine, sercon_spec: object) -> None:
+    key = restored_guest.info()["snapshot"]["key"]  # the cache may also hold snapshots for older images
+    source = folder_for("logged-in", key)
+    corrupt = folder_for("corrupt-test", key)
     shutil.rmtree(corrupt, ignore_errors=True)
     shutil.copytree(source, corrupt)
     try:
