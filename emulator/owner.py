@@ -171,14 +171,9 @@ class ConsoleOwner:
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(
             self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
-            name=self.name, qemu=qemu,
+            name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None,
         )
         pass_fds = [serial_qemu.fileno(), qmp_qemu.fileno()]
-        if overlay is not None:
-            args = qemu_args(
-                self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
-                name=self.name, qemu=qemu, disk_overlay=str(overlay),
-            )
         if state_file is not None:
             args += ["-incoming", f"fd:{state_file.fileno()}"]
             pass_fds.append(state_file.fileno())
@@ -222,9 +217,10 @@ class ConsoleOwner:
         """A fresh qcow2 overlay in the guest folder: the guest's writes never reach `backing`."""
         overlay = self.folder / "overlay.qcow2"
         overlay.unlink(missing_ok=True)
-        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing]
-        if backing_format:
-            command += ["-F", backing_format]
+        if not backing_format:  # qemu-img insists on knowing it; qcow2 files say so in their first bytes
+            with open(backing, "rb") as fh:
+                backing_format = "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
+        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format]
         proc = await asyncio.create_subprocess_exec(
             *command, str(overlay), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
         )

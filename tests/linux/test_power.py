@@ -135,3 +135,16 @@ def test_sysrq_masked_by_kernel_sysrq_16_is_reported(make_guest: object) -> None
     machine.sysrq("m")  # memory dump: not allowed by mask 16 (sync only)
     shell.console.expect("This sysrq operation is disabled", timeout=30)
     assert b"Show Memory" not in machine.read_log(start)
+
+
+def test_disk_overlay_leaves_the_image_untouched(make_guest: object, tmp_path: object) -> None:
+    from pathlib import Path
+
+    disk = Path(str(tmp_path)) / "scratch.raw"
+    disk.write_bytes(b"\0" * (4 << 20))  # no format given: the owner detects raw for its overlay
+    before = (disk.stat().st_size, disk.stat().st_mtime_ns)
+    machine: Machine = make_guest(disk=str(disk), disk_format=None, disk_snapshot=True)  # type: ignore[operator]
+    Console.for_machine(machine).expect("login: ", timeout=60)
+    assert machine.folder is not None and (machine.folder / "overlay.qcow2").exists()
+    assert "overlay.qcow2" in (machine.folder / "qemu.log").read_text()
+    assert (disk.stat().st_size, disk.stat().st_mtime_ns) == before
