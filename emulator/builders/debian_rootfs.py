@@ -35,7 +35,7 @@ from .. import paths
 from ..errors import ImageBuildError
 from . import debian_packages
 from .cpio import CpioWriter
-from .initramfs import _applets, hash_password
+from .initramfs import add_busybox_base, hash_password
 from .kernel import install_kernel
 
 Log = Callable[[str], None]
@@ -223,15 +223,7 @@ def write_initramfs(kernel_tree: Path, release: str, busybox: Path, modules: lis
     order = module_load_order(kernel_tree / "lib" / "modules" / release, modules)
     blob = io.BytesIO()
     cpio = CpioWriter(blob)
-    for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "newroot", "tmp",
-              "lib", "lib/modules"):
-        cpio.directory(d, 0o1777 if d == "tmp" else 0o755)
-    cpio.char_device("dev/console", 5, 1)
-    cpio.char_device("dev/null", 1, 3, 0o666)
-    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-    for applet in _applets(busybox):
-        if applet != "bin/busybox":
-            cpio.symlink(applet, "/bin/busybox")
+    add_busybox_base(cpio, busybox, ("newroot",))
     for name, path in order:
         cpio.file(f"lib/modules/{name}.ko", path.read_bytes())
     cpio.file("etc/modules", ("\n".join(name for name, _ in order) + "\n").encode())

@@ -72,16 +72,7 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         modules_dir = kernel_tree / "lib" / "modules" / release
         blob = io.BytesIO()
         cpio = CpioWriter(blob)
-        for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "etc/init.d", "etc/acpi",
-                  "etc/acpi/PWRF", "proc", "sys", "dev", "root", "tmp", "run", "var", "var/log",
-                  "lib", "lib/modules"):
-            cpio.directory(d, 0o1777 if d == "tmp" else 0o755)
-        cpio.char_device("dev/console", 5, 1)
-        cpio.char_device("dev/null", 1, 3, 0o666)
-        cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
-        for applet in _applets(busybox):
-            if applet != "bin/busybox":  # busybox lists itself
-                cpio.symlink(applet, "/bin/busybox")
+        add_busybox_base(cpio, busybox, ("etc/init.d", "etc/acpi", "etc/acpi/PWRF", "root", "run", "var", "var/log"))
         cpio.symlink("init", "/bin/busybox")
 
         module_names = []
@@ -143,6 +134,21 @@ def compile_static(source: Path, tmp: Path) -> bytes:
     if proc.returncode != 0:
         raise ImageBuildError(f"gcc failed on {source.name} (is libc6-dev installed?):\n{proc.stderr[-2000:]}")
     return exe.read_bytes()
+
+
+BASE_DIRS = ("bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "lib", "lib/modules")
+
+
+def add_busybox_base(cpio: CpioWriter, busybox: Path, extra_dirs: tuple[str, ...] = ()) -> None:
+    """The skeleton every busybox initramfs starts from: folders, console and null, busybox and its applets."""
+    for d in BASE_DIRS + extra_dirs:
+        cpio.directory(d, 0o1777 if d == "tmp" else 0o755)
+    cpio.char_device("dev/console", 5, 1)
+    cpio.char_device("dev/null", 1, 3, 0o666)
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in _applets(busybox):
+        if applet != "bin/busybox":  # busybox lists itself
+            cpio.symlink(applet, "/bin/busybox")
 
 
 def _applets(busybox: Path) -> list[str]:
