@@ -56,7 +56,33 @@ MORE_PROMPT = re.compile(r"-- More(?: \(\d+%\))? *--")
 SAC_PAGE_PROMPT = re.compile(r"Press any key to continue\.*|Press <Enter> to continue\.*")
 SWITCH_END = re.compile(r"Use any other key to view this channel\.")
 CMD_AVAILABLE = "The CMD command is now available."
-EVENT_RE = re.compile(r"EVENT:\s+(?P<text>[^\n]*)(?:\nChannel:\s*(?P<channel>\S+))?")
+
+
+def _partial_at_end(word: str) -> str:
+    """A regex for a non-empty beginning of `word` that runs to the end of the text read so far."""
+    nested = ""
+    for ch in reversed(word[1:]):
+        nested = f"(?:{re.escape(ch)}{nested})?"
+    return re.escape(word[0]) + nested + r"\Z"
+
+
+def event_pattern(text: str = r"[^\n]*") -> re.Pattern[str]:
+    """A whole SAC event: `EVENT:   TEXT` and, when the event names one, its `Channel: NAME` line.
+
+    The serial line delivers an event a few bytes at a time, so the pattern matches only a complete
+    event: the channel line must have ended (`Channel: C` is not a channel named "C"), and an event
+    without one counts only once the next text cannot be the start of a `Channel:` line.
+    """
+    return re.compile(
+        r"EVENT:[ \t]+(?P<text>(?:" + text + r")[^\n]*)\n"
+        r"(?:Channel:[ \t]*(?P<channel>\S+)[ \t]*\n|(?!\Z)(?!Channel:)(?!" + _partial_at_end("Channel:") + "))"
+    )
+
+
+#: An event in text already read whole (what `expect` consumed): its end is the end of the event.
+EVENT_RE = re.compile(r"EVENT:[ \t]+(?P<text>[^\n]*)(?:\nChannel:[ \t]*(?P<channel>\S+))?")
+NEW_CHANNEL = "A new channel has been created"
+CHANNEL_CLOSED = "A channel has been closed"
 CHANNEL_ROW = re.compile(r"^\s*(?P<index>\d+)\s+\((?P<status>[A-Z]{1,3})\)\s+(?P<name>\S+)\s*$", re.M)
 ERROR_RE = re.compile(
     r"^(?:Error:[^\n]*|Unrecognized command\.[^\n]*|Unable to launch a Command Prompt\.[^\n]*"
@@ -530,15 +556,16 @@ class SacConsole:
         """`lock`: every Command Prompt channel asks for credentials again."""
         return self.command("lock")
 
-    def wait_for_event(self, text: str | re.Pattern[str], timeout: float | None = None) -> SacEvent:
-        """The first event of this boot (already seen or coming) whose text matches."""
+    def wait_for_event(self, text: str | re.Pattern[str], timeout: float | None = None, *,
+                       since: int | None = None) -> SacEvent:
+        """The first event whose text matches, among those seen from index `since` of `events`
+        (default: the start of this boot) or, failing that, the next one to arrive."""
         pattern = re.compile(re.escape(text)) if isinstance(text, str) else text
-        for event in self.events[self._boot_events:]:
+        for event in self.events[self._boot_events if since is None else since:]:
             if pattern.search(event.text):
                 return event
         seen = len(self.events)
-        self.expect(re.compile(r"EVENT:\s+(?:" + pattern.pattern + r")[^\n]*\n"), timeout,
-                    what=f"EVENT {pattern.pattern!r}")
+        self.expect(event_pattern(pattern.pattern), timeout, what=f"EVENT {pattern.pattern!r}")
         for event in self.events[seen:]:
             if pattern.search(event.text):
                 return event
@@ -561,10 +588,14 @@ class SacConsole:
                 raise
             self.wait_for_cmd_available(timeout)
             self.command("cmd", timeout=timeout)
-        match = self.expect(re.compile(r"A new channel has been created[^\n]*\nChannel:\s*(\S+)"), timeout,
-                            what="the new-channel event")[1]
-        self.expect(SAC_PROMPT, timeout, what="SAC> after the new-channel event")
-        return match.group(1)
+        # The event follows the answer; it belongs to this `cmd` because the answer was read first.
+        since = len(self.events)
+        event = self.wait_for_event(NEW_CHANNEL, timeout, since=since)
+        if event.channel is None:
+            raise SacError(f"SAC's new-channel event named no channel: {event.text!r}")
+        if len(self.events) > since:  # the event was read just now: its prompt follows
+            self.expect(SAC_PROMPT, timeout, what="SAC> after the new-channel event")
+        return event.channel
 
     # ---------------------------------------------------------- channels
 
@@ -721,8 +752,7 @@ class CmdChannel:
     def exit(self, timeout: float | None = None) -> None:
         """`exit`: the channel closes and SAC comes back."""
         self.sac.send("exit\r")
-        self.sac.expect(re.compile(r"A channel has been closed[^\n]*\nChannel:\s*\S+\n"), timeout,
-                        what="the channel-closed event after exit")
+        self.sac.wait_for_event(CHANNEL_CLOSED, timeout, since=len(self.sac.events))
         self.sac.expect(SAC_PROMPT, timeout, what="SAC> after exit")
 
 

@@ -11,6 +11,7 @@ from harness.sac import (
     parse_bugcheck,
     parse_channel_list,
     parse_error,
+    event_pattern,
     parse_events,
     parse_key_values,
     parse_machine_info,
@@ -72,6 +73,23 @@ def test_events_with_and_without_channel() -> None:
         SacEvent("The CMD command is now available."),
         SacEvent('A new channel has been created.  Use "ch -?" for channel help.', "Cmd0001"),
     ]
+
+
+def test_an_event_arriving_in_pieces_matches_only_when_whole() -> None:
+    """The serial line delivers an event a few bytes at a time; every prefix of it must not match."""
+    whole = 'EVENT:   A new channel has been created.  Use "ch -?" for channel help.\nChannel: Cmd0012\nSAC>'
+    pattern = event_pattern("A new channel")
+    complete_at = whole.index("Cmd0012") + len("Cmd0012\n")
+    for end in range(len(whole) + 1):
+        match = pattern.search(whole[:end])
+        if end < complete_at:
+            assert match is None, f"matched the incomplete {whole[:end]!r}"
+        else:
+            assert match is not None and match["channel"] == "Cmd0012"
+    plain = "EVENT: The CMD command is now available.\nSAC>"
+    assert event_pattern().search(plain[:plain.index("\n") + 1]) is None  # a Channel: line could follow
+    found = event_pattern().search(plain)
+    assert found is not None and found["channel"] is None and found["text"] == "The CMD command is now available."
 
 
 def test_errors_keep_sacs_text_and_unwrap_80_columns() -> None:

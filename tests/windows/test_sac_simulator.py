@@ -221,6 +221,32 @@ def test_exit_closes_the_channel(sac: SacConsole, cmd: CmdChannel) -> None:
     assert [row.name for row in sac.channels()] == ["SAC"]
 
 
+def test_fifty_create_close_cycles_name_the_right_channel(sac: SacConsole) -> None:
+    """Every name `cmd` returns is the one `ch` lists and the switch screen shows.
+
+    The new-channel event reaches the driver a few bytes at a time; before the fix the driver took
+    `Channel: C` for a channel named "C" in about 1 cycle of 12 (4 of 50 in a run). Restoring the
+    old pattern (`Channel:\\s*(\\S+)` without the line end) makes this test fail.
+    """
+    wrong = []
+    for cycle in range(50):
+        name = sac.create_cmd_channel()
+        rows = sac.channels()
+        listed = [row.name for row in rows if row.index > 0]
+        if listed != [name]:
+            wrong.append((cycle, name, listed))
+        else:
+            index = rows[1].index
+            shown = sac.switch_to(index).name
+            sac.return_to_sac()
+            if shown != name:
+                wrong.append((cycle, name, [shown]))
+        for row in rows[1:]:  # close by index and by name in turn
+            sac.close_channel(row.index if cycle % 2 else row.name)
+    assert not wrong, f"(cycle, returned name, channels listed or shown): {wrong}"
+    assert [row.name for row in sac.channels()] == ["SAC"]
+
+
 # ---------------------------------------------------- NMI, crashes, power actions
 
 
