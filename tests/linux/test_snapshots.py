@@ -35,19 +35,33 @@ def test_a_test_that_crashes_its_guest(restored_shell: LinuxShell) -> None:
         restored_shell.run("echo c > /proc/sysrq-trigger", timeout=30)
 
 
-def test_the_next_test_gets_a_clean_guest(restored_shell: LinuxShell) -> None:
-    assert restored_shell.run("ls /tmp/left-behind").exit_status != 0
-    assert restored_shell.run("echo fine").output == "fine\n"
+def test_a_restored_guest_starts_from_the_snapshot_not_from_another_guest(
+    restored_guest: Machine, restored_shell: LinuxShell, sercon_spec: object, request: pytest.FixtureRequest,
+) -> None:
+    """Self-contained: guest A writes a file (and sees it); guest B, restored from the same snapshot
+    while A still runs, does not have it. Restoring B from A's state instead would fail this."""
+    assert restored_shell.run("echo dirty > /tmp/left-behind; cat /tmp/left-behind").output == "dirty\n"
+    meta = restored_guest.info()["snapshot"]
+    other = Machine(sercon_spec, name=f"{restored_guest.name}-b", from_snapshot=meta["name"]).start()  # type: ignore[arg-type]
+    try:
+        shell = LinuxShell.resume(Console.for_machine(other, from_offset=None), meta["extra"]["nonce"])
+        assert shell.run("ls /tmp/left-behind").exit_status != 0
+        assert shell.run("echo fine").output == "fine\n"
+        shell.console.close()
+    finally:
+        other.stop()
+    assert restored_shell.run("cat /tmp/left-behind").output == "dirty\n"  # A is untouched by B
 
 
 def test_restore_into_a_running_guest_keeps_the_console(restored_guest: Machine, restored_shell: LinuxShell) -> None:
     restored_shell.run("cd /proc; export X=changed")
-    offset = len(restored_guest.read_log(0))
+    before = restored_guest.read_log(0)
     restored_guest.restore("logged-in")
     # The same console connection, and the shell is back as it was in the snapshot.
     again = LinuxShell.resume(restored_shell.console, restored_shell.nonce)
     assert again.run("echo ${X:-unset}").output == "unset\n"
-    assert restored_guest.read_log(0)[:offset]  # the log before the restore is kept
+    after = restored_guest.read_log(0)
+    assert after[:len(before)] == before and len(after) > len(before)  # kept, and the log goes on
     assert [e["event"] for e in restored_guest.events()].count("restored") == 2
 
 

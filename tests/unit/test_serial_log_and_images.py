@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 import subprocess
 from pathlib import Path
 
@@ -70,8 +71,40 @@ def test_cpio_is_readable_by_cpio(tmp_path: Path) -> None:
     assert "etc/hostname" in text and "bin/sh -> /bin/busybox" in text and "dev/console" in text
 
 
+def _elf_with_notes(*notes: tuple[bytes, int]) -> bytes:
+    """A minimal ELF64 (little-endian) whose one PT_NOTE segment holds `notes` (name, type)."""
+    body = b""
+    for name, ntype in notes:
+        name_z = name + b"\0"
+        desc = struct.pack("<I", 0x1000000)  # the PVH entry point's address, as the kernel puts it
+        body += struct.pack("<III", len(name_z), len(desc), ntype)
+        body += name_z.ljust((len(name_z) + 3) // 4 * 4, b"\0") + desc
+    phoff, phentsize = 64, 56
+    header = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)  # ELFCLASS64, little-endian, version 1
+    header += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0, phoff, 0, 0, 64, phentsize, 1, 64, 0, 0)
+    note_offset = phoff + phentsize
+    phdr = struct.pack("<IIQQQQQQ", 4, 4, note_offset, 0, 0, len(body), len(body), 4)  # PT_NOTE
+    return header + phdr + body
+
+
 def test_pvh_note_detection() -> None:
+    """Found where it is (after another note), and only the Xen PHYS32_ENTRY note (type 18) counts."""
+    assert has_pvh_note(_elf_with_notes((b"Xen", 18)))
+    assert has_pvh_note(_elf_with_notes((b"GNU", 3), (b"Xen", 5), (b"Xen", 18)))
+    assert not has_pvh_note(_elf_with_notes((b"Xen", 5)))
+    assert not has_pvh_note(_elf_with_notes((b"GNU", 18)))
     assert not has_pvh_note(b"not an elf")
+    assert not has_pvh_note(_elf_with_notes((b"Xen", 18))[:4] + bytes([1]) + bytes(59))  # a 32-bit ELF
+
+
+def test_the_default_images_vmlinux_has_the_pvh_note() -> None:
+    """The real kernel the default image boots through its PVH entry (skipped until it is built)."""
+    from emulator import paths
+
+    found = sorted((paths.cache() / "images").glob("linux-initramfs-*/vmlinux"))
+    if not found:
+        pytest.skip("linux-initramfs is not built yet (make images)")
+    assert has_pvh_note(found[-1].read_bytes())
 
 
 def test_console_stays_last_when_arguments_are_added() -> None:
