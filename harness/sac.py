@@ -31,6 +31,12 @@ How SAC differs from a Linux shell, and what this module does about it:
 
 The same driver runs against real Windows (`make test-windows` with `WINDOWS_IMAGE`) and against
 sercon's SAC simulator (`images/sac-sim`), which `id` reports as "SAC simulator (sercon)".
+
+What this driver is checked against, plainly: it is written to Microsoft's documented behaviour
+(the SAC command reference, EMS's XML output, Azure Serial Console for Windows; sacsim.c lists
+each document by title and section), and it has been run only against the simulator, which
+models those documents. It has not been run against a real Windows guest, because none can be
+obtained where sercon is developed. Text that the documents do not show is a guess until then.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
  * sercon's SAC driver is exercised through the whole console path: QEMU's UART, the console
  * owner, its socket and the serial log.
  *
- * Modelled (see /work/shared/reference/README.md section 6):
+ * Modelled:
  *  - <machine-info> XML, banner "Computer is booting, SAC started and initialized.", prompt "SAC>";
  *  - commands ?/help, ch (-?, -si, -sn, -ci, -cn), cmd, d, i, id, k, lock, p, restart, s,
  *    shutdown, t, crashdump; "Unrecognized command." for anything else;
@@ -22,6 +22,28 @@
  *  - NMI: the guest kernel's own NMI report (read from /dev/kmsg) becomes a bugcheck 0x80
  *    NMI_HARDWARE_FAILURE screen (<BP> XML, "!SAC>", stop code), then a reboot (or a halt with
  *    sacsim.autoreboot=0); `crashdump` does the same with 0xE2 MANUALLY_INITIATED_CRASH.
+ *
+ * Where each canned text comes from (public documents, by title and section). The simulator
+ * reproduces what they show; where they show nothing, the text is sercon's own and says so.
+ *  - banner, prompt, `?` help list, `ch`/`cmd`/`lock`/`t`/`k`/`i`/`id`/`restart`/`shutdown`/
+ *    `crashdump` and their error lines ("Unrecognized command.  Try the 'help' command for more
+ *    details.", "Error: There is no channel present at the specified index."): Microsoft,
+ *    "Special Administration Console (SAC) and SAC commands" (Windows Server 2003 Technical
+ *    Reference, Emergency Management Services section, "SAC commands");
+ *  - the `cmd` flow (cmd, `ch -si 1` or Esc Tab, Enter, then Username/Domain/Password): Microsoft
+ *    Learn, "Azure Serial Console for Windows", section "Use CMD or PowerShell in Serial Console";
+ *  - "EVENT:   A new channel has been created.  Use "ch -?" for channel help." + "Channel: CmdNNNN",
+ *    "EVENT: The CMD command is now available.", and the "not yet registered" refusal: the same
+ *    Technical Reference, "SAC commands" (cmd), and its "Troubleshooting EMS" section;
+ *  - <machine-info>, <channel-switch> (name, description, type, guid, application-type and the
+ *    fixed SAC/CMD application GUIDs) and the <BP> BLUESCREEN XML: Microsoft, "Headless Server
+ *    and EMS Design" (section "EMS XML output");
+ *  - stop codes 0x80 NMI_HARDWARE_FAILURE and 0xE2 MANUALLY_INITIATED_CRASH: Microsoft Learn,
+ *    "Bug Check Code Reference", "Bug Check 0x80" and "Bug Check 0xE2"; NMI to a bugcheck:
+ *    Microsoft Support KB 927069, "How to generate a complete crash dump file or a kernel crash
+ *    dump file by using an NMI on a Windows-based system";
+ *  - sercon's own wording (no public source shows it): "Channel CmdNNNN has been closed.", the
+ *    "A channel has been closed." event, the `i` note, and everything the Cmd interpreter prints.
  *
  * Settings come from the kernel command line: sacsim.user=, sacsim.password=, sacsim.name=,
  * sacsim.cmd_delay= (seconds before the CMD service registers), sacsim.autoreboot=0|1.

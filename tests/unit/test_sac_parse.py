@@ -19,6 +19,16 @@ from harness.sac import (
     unwrap,
 )
 
+# Each fixture is SAC's text as a public document shows it (title and section), so a change of
+# parser is checked against Microsoft's behaviour, not against sercon's own simulator:
+# - CH_LISTING: "Special Administration Console (SAC) and SAC commands" (Windows Server 2003
+#   Technical Reference, "SAC commands": `ch`);
+# - SWITCH_SCREEN: the same, Esc Tab / `ch -si`, with the CMD application GUID of "Headless Server
+#   and EMS Design" ("EMS XML output", <channel-switch>);
+# - BLUESCREEN: "Headless Server and EMS Design" (<BP> BLUESCREEN instance, <machine-info>) and
+#   "Bug Check 0x80: NMI_HARDWARE_FAILURE" (Bug Check Code Reference) for the stop line;
+# - the events: "SAC commands" (cmd) and "Azure Serial Console for Windows" ("Use CMD or
+#   PowerShell in Serial Console").
 CH_LISTING = """Channel List
 
 (Use "ch -?" for information on using channels)
