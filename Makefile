@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml emulator/web/package-lock.json
 	@$(MAKE) --no-print-directory system-packages
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,lint]'
+	$(PY) -m pip install -q -e '.[test,lint,bench]'
 	cd emulator/web && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
 

@@ -1,34 +1,47 @@
 """`make bench`: sercon's speed against baselines measured in the same run, on the same machine.
 
-- boot: QEMU start to `login:` through sercon (owner process, log, fan-out) vs the same QEMU
-  command run bare with the test reading its serial socket directly (goal: overhead under 3%).
-- round trip: median `LinuxShell.run("true")` vs one raw write/read round trip on a bare QEMU's
-  serial socket with the same marker prompt (goal: at most 1.2x the raw floor), and vs labgrid's
-  ShellDriver (pinned, in its own venv; see bench_labgrid.py) on the same guest type.
-- SysRq and NMI latency: action call to the kernel's answer on the console.
-- snapshots: cold boot to a logged-in shell vs restoring a snapshot taken there, per image
-  (goal: restore at most 1 s, and at least 10x faster for the systemd and GRUB images).
+Every row compares variants measured *interleaved* (ABBA order, see record.interleaved), so load
+that drifts during the run falls on all of them alike, and keeps every sample: the report gives
+n, p10, p50 and p90 per variant and judges each goal in record.GOALS from a bootstrap 95%
+confidence interval (met / missed / undecided).
 
-Prints a table and writes tests/bench/results/bench.json. Ratios, not absolute times, are the
-result: this machine is shared, so absolute numbers move from run to run.
+- boot: QEMU start to `login:` through sercon (owner process, log, fan-out) vs the same QEMU
+  command run bare, its serial socket read here.
+- round trip: `LinuxShell.run("true")`; a raw write/read loop on the same guest and the same
+  socket (the fair floor); a raw loop on a bare QEMU's socket; labgrid's QEMUDriver + ShellDriver
+  on the same kernel and initramfs, as its users run it (its own QEMU and socket); and labgrid
+  through sercon's RFC 2217 port, kept apart because pyserial's RFC 2217 client sleeps 50 ms on
+  every port reconfigure, which labgrid's SerialDriver triggers on each read.
+- SysRq and NMI: the action call to the kernel's answer on the console.
+- snapshots: cold boot to a logged-in shell vs restoring a snapshot taken there, per image.
+- images: boot to `login:` of the distribution images, sercon vs bare (bench_images.py).
+- web: throughput, echo, viewers through `sercon serve` vs the raw QEMU socket (bench_web.py).
+
+Writes tests/bench/results/bench.json (with date, commit, host, cores, QEMU version); report.py
+prints it, plots it and writes the README's table from it. Sample counts: SERCON_BENCH_BOOTS
+(default 20), SERCON_BENCH_ROUNDS (10 blocks of SERCON_BENCH_BLOCK=20 round trips), SERCON_BENCH_RUNS
+(default 5, snapshots and distribution images), SERCON_BENCH_IMAGES, SERCON_BENCH_SKIP (comma list
+of boot,rtt,actions,snapshots,images,web).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from record import Row, interleaved, machine_meta, save  # noqa: E402
 
 from emulator import Machine, resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -37,9 +50,11 @@ from emulator.spec import GuestSpec  # noqa: E402
 from harness.console import Console  # noqa: E402
 from harness.linux import LinuxShell  # noqa: E402
 
+BOOTS = int(os.environ.get("SERCON_BENCH_BOOTS", "20"))
+ROUNDS = int(os.environ.get("SERCON_BENCH_ROUNDS", "10"))
+BLOCK = int(os.environ.get("SERCON_BENCH_BLOCK", "20"))
 RUNS = int(os.environ.get("SERCON_BENCH_RUNS", "5"))
-ROUND_TRIPS = int(os.environ.get("SERCON_BENCH_ROUND_TRIPS", "200"))
-RESULTS = ROOT / "tests" / "bench" / "results"
+SKIP = set(filter(None, os.environ.get("SERCON_BENCH_SKIP", "").split(",")))
 
 
 class BareGuest:
@@ -70,6 +85,16 @@ class BareGuest:
     def send(self, data: bytes) -> None:
         self.serial.sendall(data)
 
+    def login_raw(self, user: str, password: str, marker: bytes) -> None:
+        """Log in by hand and set a marker prompt with echo and line editing off."""
+        self.read_until(b"login: ")
+        self.send(f"{user}\r".encode())
+        self.read_until(b"assword: ")
+        self.send(f"{password}\r".encode())
+        self.read_until(b"# ")
+        self.send(b"set +o emacs; stty -echo; PS1='" + marker[:3] + b"''" + marker[3:] + b"'\r")
+        self.read_until(marker)
+
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -77,136 +102,189 @@ class BareGuest:
         self.qmp.close()
 
 
-def median_ms(values: list[float]) -> float:
-    return statistics.median(values) * 1000
+def ms(seconds: float) -> float:
+    return seconds * 1000
 
 
-def bench_boot(spec: GuestSpec, accel: str) -> dict[str, Any]:
-    bare_times, sercon_times = [], []
-    for _ in range(RUNS):
-        bare = BareGuest(spec, accel)
+# ------------------------------------------------------------------------------------ boot
+
+
+def bench_boot(spec: GuestSpec, accel: str) -> Row:
+    def bare() -> float:
+        guest = BareGuest(spec, accel)
         try:
-            bare_times.append(bare.read_until(b"login: ") - bare.started)
+            return ms(guest.read_until(b"login: ") - guest.started)
         finally:
-            bare.close()
+            guest.close()
+
+    def sercon() -> float:
         started = time.perf_counter()
         machine = Machine(spec, name="bench-boot").start()
         try:
             console = Console.for_machine(machine)
             console.expect("login: ", timeout=120)
-            sercon_times.append(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
             console.close()
+            return ms(elapsed)
         finally:
             machine.stop()
-    bare_ms, sercon_ms = median_ms(bare_times), median_ms(sercon_times)
-    return {"bare_ms": bare_ms, "sercon_ms": sercon_ms, "ratio": sercon_ms / bare_ms,
-            "overhead_pct": (sercon_ms / bare_ms - 1) * 100, "runs": RUNS}
+
+    samples = interleaved(BOOTS, {"bare QEMU": bare, "sercon": sercon})
+    return Row("boot.linux-initramfs", "boot to login:, linux-initramfs", "ms", samples,
+               {"sercon": "owner process, serial log, fan-out in the path"})
 
 
-def bench_round_trip(spec: GuestSpec, accel: str) -> dict[str, Any]:
-    # Raw floor: a bare QEMU, logged in by hand, the same marker prompt, one write and one read.
+# ------------------------------------------------------------------------------ round trip
+
+
+def bench_round_trip(spec: GuestSpec, accel: str) -> Row:
+    user, password = spec.user or "root", spec.password or ""
     bare = BareGuest(spec, accel)
-    try:
-        bare.read_until(b"login: ")
-        bare.send(f"{spec.user}\r".encode())
-        bare.read_until(b"assword: ")
-        bare.send(f"{spec.password}\r".encode())
-        bare.read_until(b"# ")
-        bare.send(b"set +o emacs; stty -echo; PS1='__raw'\"x\"'_$?_# '\r")
-        bare.read_until(b"__rawx_0_# ")
-        raw: list[float] = []
-        for _ in range(ROUND_TRIPS):
-            start = time.perf_counter()
-            bare.send(b"true\r")
-            raw.append(bare.read_until(b"__rawx_0_# ") - start)
-    finally:
-        bare.close()
     machine = Machine(spec, name="bench-rtt").start()
+    peers: list[Any] = []
     try:
+        bare_marker = b"__rawx_0_# "
+        bare.login_raw(user, password, bare_marker)
         shell = LinuxShell(Console.for_machine(machine))
-        shell.login(spec.user or "root", spec.password)
-        # The same raw loop through sercon's console socket: what the owner process adds.
+        shell.login(user, password)
         sock = shell.console._sock
         assert sock is not None
         marker = f"__sc{shell.nonce}_0_# ".encode()
-        via_owner: list[float] = []
-        for _ in range(ROUND_TRIPS):
-            start = time.perf_counter()
-            sock.sendall(b"true\r")
-            got = b""
-            while marker not in got:
-                got += sock.recv(65536)
-            via_owner.append(time.perf_counter() - start)
-        ours: list[float] = []
-        for _ in range(ROUND_TRIPS):
-            start = time.perf_counter()
-            shell.run("true")
-            ours.append(time.perf_counter() - start)
+
+        def block_raw_bare() -> list[float]:
+            out = []
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                bare.send(b"true\r")
+                out.append(ms(bare.read_until(bare_marker) - start))
+            return out
+
+        def block_raw_owner() -> list[float]:
+            out = []
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                sock.sendall(b"true\r")
+                got = b""
+                while marker not in got:
+                    got += sock.recv(65536)
+                out.append(ms(time.perf_counter() - start))
+            return out
+
+        def block_sercon() -> list[float]:
+            out = []
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                shell.run("true")
+                out.append(ms(time.perf_counter() - start))
+            return out
+
+        blocks: dict[str, Callable[[], float | list[float]]] = {
+            "sercon run()": block_sercon,
+            "raw loop, same socket": block_raw_owner,
+            "raw loop, bare QEMU": block_raw_bare,
+        }
+        notes = {
+            "raw loop, same socket": "one write + one read on the guest sercon runs, echo and line editing off",
+            "raw loop, bare QEMU": "a second guest, QEMU's own socket, no owner in the path",
+        }
+        try:
+            from bench_labgrid import LabgridPeer
+
+            native = LabgridPeer.qemu_driver(spec, accel)
+            peers.append(native)
+            blocks["labgrid QEMUDriver"] = lambda: native.block(BLOCK)
+            notes["labgrid QEMUDriver"] = "labgrid 26.0.1 QEMUDriver + ShellDriver, same kernel and initramfs"
+            port = machine.info().get("rfc2217_port")
+            if port:
+                via = LabgridPeer.rfc2217(port, spec)
+                peers.append(via)
+                blocks["labgrid via RFC 2217"] = lambda: via.block(max(1, BLOCK // 4))
+                notes["labgrid via RFC 2217"] = ("through sercon's RFC 2217 port: pyserial sleeps 50 ms per port "
+                                                 "reconfigure, which labgrid's SerialDriver makes on every read")
+        except Exception as exc:  # the peer is optional (PyPI unreachable, or labgrid broke): say why
+            notes["labgrid QEMUDriver"] = f"skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        samples = interleaved(ROUNDS, dict(blocks))
+        return Row("rtt", 'run("true") round trip, linux-initramfs', "ms", samples, notes)
     finally:
+        for peer in peers:
+            peer.close()
         machine.stop()
-    raw_ms, ours_ms, owner_ms = median_ms(raw), median_ms(ours), median_ms(via_owner)
-    return {"raw_ms": raw_ms, "raw_via_owner_ms": owner_ms, "sercon_ms": ours_ms, "ratio": ours_ms / raw_ms,
-            "ratio_same_socket": ours_ms / owner_ms, "samples": ROUND_TRIPS}
+        bare.close()
 
 
-def _latency(machine: Machine, console: Console, action: Callable[[], Any], answer: str) -> float:
-    console.discard_buffered()
-    start = time.perf_counter()
-    action()
-    console.expect(answer, timeout=30)
-    return time.perf_counter() - start
+# ------------------------------------------------------------------------- actions
 
 
-def bench_actions(spec: GuestSpec) -> dict[str, Any]:
+def bench_actions(spec: GuestSpec) -> list[Row]:
     machine = Machine(spec, name="bench-actions").start()
     try:
         console = Console.for_machine(machine)
         console.expect("login: ", timeout=120)
-        sysrq = [_latency(machine, console, lambda: machine.sysrq("h"), "sysrq: HELP") for _ in range(10)]
-        nmi = [_latency(machine, console, machine.nmi, "Dazed and confused") for _ in range(10)]
+
+        def latency(action: Callable[[], Any], answer: str) -> Callable[[], float]:
+            def one() -> float:
+                console.discard_buffered()
+                start = time.perf_counter()
+                action()
+                console.expect(answer, timeout=30)
+                return ms(time.perf_counter() - start)
+            return one
+
+        samples = interleaved(20, {"SysRq h to the help text": latency(lambda: machine.sysrq("h"), "sysrq: HELP"),
+                                   "NMI to the kernel's message": latency(machine.nmi, "Dazed and confused")})
         console.close()
     finally:
         machine.stop()
-    return {"sysrq_ms": median_ms(sysrq), "nmi_ms": median_ms(nmi), "samples": 10}
+    return [Row("actions", "action to its answer on the console", "ms", samples)]
 
 
-def bench_snapshots(image_names: list[str], accel: str) -> list[dict[str, Any]]:
-    """Cold boot to a logged-in shell vs restore of a snapshot taken there, per image."""
-    rows = []
-    for image in image_names:
+# ----------------------------------------------------------------------- snapshots
+
+
+def bench_snapshots(image: str, accel: str) -> Row:
+    """Cold boot to a logged-in shell vs restore of a snapshot taken there."""
+    row_id, label = f"snapshot.{image}", f"to a logged-in shell, {image}"
+    try:
+        spec = resolve_image(image).replace(accel=accel)
+    except Exception as exc:  # an image that cannot be built here is reported, not fatal
+        return Row(row_id, label, "ms", {}, skipped=str(exc).splitlines()[0])
+    nonce = ""
+    count = [0]
+
+    def cold() -> float:
+        nonlocal nonce
+        count[0] += 1
+        started = time.perf_counter()
+        machine = Machine(spec, name=f"bench-cold-{count[0]}").start()
         try:
-            spec = resolve_image(image).replace(accel=accel)
-        except Exception as exc:  # an image that cannot be built here is reported, not fatal
-            rows.append({"image": image, "skipped": str(exc).splitlines()[0]})
-            continue
-        cold: list[float] = []
-        restore: list[float] = []
-        nonce = ""
-        for run in range(max(1, RUNS // 2)):
-            started = time.perf_counter()
-            machine = Machine(spec, name=f"bench-cold-{run}").start()
-            try:
-                shell = LinuxShell(Console.for_machine(machine))
-                shell.login(spec.user or "root", spec.password, timeout=300)
-                cold.append(time.perf_counter() - started)
-                if run == 0:
-                    machine.snapshot(f"bench-{image}", nonce=shell.nonce)
-                    nonce = shell.nonce
-                shell.console.close()
-            finally:
-                machine.stop()
-        for run in range(RUNS):
-            started = time.perf_counter()
-            machine = Machine(spec, name=f"bench-restore-{run}", from_snapshot=f"bench-{image}").start()
-            try:
-                shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
-                restore.append(time.perf_counter() - started)
-                shell.console.close()
-            finally:
-                machine.stop()
-        cold_ms, restore_ms = median_ms(cold), median_ms(restore)
-        rows.append({"image": image, "cold_ms": cold_ms, "restore_ms": restore_ms, "speedup": cold_ms / restore_ms})
-    return rows
+            shell = LinuxShell(Console.for_machine(machine))
+            shell.login(spec.user or "root", spec.password, timeout=300)
+            elapsed = time.perf_counter() - started
+            if not nonce:
+                machine.snapshot(f"bench-{image}", nonce=shell.nonce)
+                nonce = shell.nonce
+            shell.console.close()
+            return ms(elapsed)
+        finally:
+            machine.stop()
+
+    def restore() -> float:
+        count[0] += 1
+        started = time.perf_counter()
+        machine = Machine(spec, name=f"bench-restore-{count[0]}", from_snapshot=f"bench-{image}").start()
+        try:
+            shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
+            elapsed = time.perf_counter() - started
+            shell.console.close()
+            return ms(elapsed)
+        finally:
+            machine.stop()
+
+    samples = interleaved(RUNS, {"cold boot": cold, "restore": restore})  # the first cold boot makes it
+    return Row(row_id, label, "ms", samples, {"restore": "start a new guest from the snapshot, shell answers"})
+
+
+# ---------------------------------------------------------------------------- main
 
 
 def main() -> int:
@@ -215,62 +293,49 @@ def main() -> int:
     spec = resolve_image("linux-initramfs")
     accel, reason = choose_accel(spec.accel, find_qemu(), spec.kernel)
     spec = spec.replace(accel=accel)
-    print(f"sercon bench: linux-initramfs, accelerator {accel} ({reason}), {os.cpu_count()} CPUs, {RUNS} boots each")
-    results: dict[str, Any] = {"accel": accel, "time": time.time()}
-    results["boot"] = bench_boot(spec, accel)
-    results["round_trip"] = bench_round_trip(spec, accel)
-    try:
-        from bench_labgrid import bench_labgrid
+    meta = {**machine_meta(), "accel": accel}
+    print(f"sercon bench: accelerator {accel} ({reason}), {os.cpu_count()} CPUs; {BOOTS} boots, "
+          f"{ROUNDS}x{BLOCK} round trips, {RUNS} runs per snapshot/image row", flush=True)
+    rows: list[Row] = []
+    images = [i for i in os.environ.get("SERCON_BENCH_IMAGES", "linux-initramfs,debian-systemd,debian-grub")
+              .split(",") if i]
 
-        results["labgrid"] = bench_labgrid(spec)
-    except Exception as exc:  # the peer is optional: no network to PyPI, or it broke
-        results["labgrid"] = {"skipped": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-    results["actions"] = bench_actions(spec)
-    images = os.environ.get("SERCON_BENCH_IMAGES", "linux-initramfs,debian-systemd,debian-grub").split(",")
-    results["snapshots"] = bench_snapshots([i for i in images if i], accel)
-    for name, module, function in (("images", "bench_images", "bench_cold_boots"),
-                                   ("web", "bench_web", "run_all")):
+    def section(name: str, make: Callable[[], Row | list[Row]]) -> None:
+        if name in SKIP:
+            return
+        started = time.monotonic()
+        print(f"  {name} ...", flush=True)
         try:
-            mod = __import__(module)
-            results[name] = getattr(mod, function)()
-        except (ImportError, AttributeError) as exc:
-            results[name] = {"skipped": str(exc)}
-    boot, rtt, actions = results["boot"], results["round_trip"], results["actions"]
-    print()
-    print(f"{'measure':<34}{'baseline':>12}{'sercon':>12}{'ratio':>8}  goal")
-    print(f"{'boot to login: (median)':<34}{boot['bare_ms']:>10.0f}ms{boot['sercon_ms']:>10.0f}ms"
-          f"{boot['ratio']:>8.3f}  overhead < 3% ({boot['overhead_pct']:+.1f}%)")
-    label = 'run("true") round trip (median)'
-    print(f"{label:<34}{rtt['raw_ms']:>10.2f}ms{rtt['sercon_ms']:>10.2f}ms"
-          f"{rtt['ratio']:>8.2f}  <= 1.2x raw floor")
-    labgrid = results["labgrid"]
-    if "skipped" in labgrid:
-        print(f"{'labgrid run(true)':<34} skipped: {labgrid['skipped']}")
-    else:
-        label = f"labgrid {labgrid['version']} run('true')"
-        print(f"{label:<34}{labgrid['median_ms']:>10.2f}ms{rtt['sercon_ms']:>10.2f}ms"
-              f"{labgrid['median_ms'] / rtt['sercon_ms']:>7.0f}x  sercon >= 2x faster than labgrid")
-    label = "  same, raw loop on sercon's socket"
-    print(f"{label:<34}{rtt['raw_via_owner_ms']:>10.2f}ms{rtt['sercon_ms']:>10.2f}ms{rtt['ratio_same_socket']:>8.2f}"
-          "  (harness cost alone)")
-    print(f"{'SysRq h -> help on console':<34}{'':>12}{actions['sysrq_ms']:>10.1f}ms")
-    print(f"{'NMI -> kernel message on console':<34}{'':>12}{actions['nmi_ms']:>10.1f}ms")
-    print(f"\n{'restore vs cold boot, to a shell':<34}{'cold':>12}{'restore':>12}{'speedup':>8}  goal")
-    for row in results["snapshots"]:
-        if "skipped" in row:
-            print(f"  {row['image']:<32} skipped: {row['skipped']}")
-        else:
-            print(f"  {row['image']:<32}{row['cold_ms']:>10.0f}ms{row['restore_ms']:>10.0f}ms{row['speedup']:>7.1f}x"
-                  "  restore <= 1 s, >= 10x for systemd/GRUB")
-    for name in ("images", "web"):
-        if "skipped" not in results[name]:
-            print(f"\n{name}: {json.dumps(results[name], indent=2)}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps(results, indent=2))
-    print(f"\nresults: {RESULTS / 'bench.json'}")
-    return 0
+            made = make()
+        except Exception as exc:  # one broken section is reported; the others still run
+            traceback.print_exc()
+            made = Row(name, name, "ms", {}, skipped=f"failed: {exc}".splitlines()[0])
+        rows.extend(made if isinstance(made, list) else [made])
+        print(f"  {name}: {time.monotonic() - started:.0f} s", flush=True)
+
+    section("boot", lambda: bench_boot(spec, accel))
+    section("rtt", lambda: bench_round_trip(spec, accel))
+    section("actions", lambda: bench_actions(spec))
+    for image in images:
+        section("snapshots", lambda image=image: bench_snapshots(image, accel))  # type: ignore[misc]
+
+    def images_rows() -> list[Row]:
+        from bench_images import bench_cold_boots
+
+        return bench_cold_boots([i for i in images if i != "linux-initramfs"], runs=RUNS)
+
+    def web_rows() -> list[Row]:
+        from bench_web import run_all
+
+        return run_all()
+
+    section("images", images_rows)
+    section("web", web_rows)
+    save(meta, rows)
+    from report import main as report
+
+    return report(["--write"] if os.environ.get("SERCON_BENCH_WRITE", "1") == "1" else [])
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
     sys.exit(main())

@@ -1,34 +1,36 @@
 """Cold boot of the distribution images: QEMU start to `login:` through sercon vs the bare QEMU command.
 
-`bench_cold_boots(["debian-systemd", "debian-grub"])` returns one row per image with the median
-over `SERCON_BENCH_IMAGE_RUNS` boots (default 3) of:
+`bench_cold_boots(["debian-systemd", "debian-grub"])` returns one `record.Row` per image, with
+`SERCON_BENCH_RUNS` boots (default 5) of each variant, interleaved:
 
 - `bare_ms`: the QEMU command line sercon would run (`emulator.qemu_args`, `-snapshot` for the
   disk instead of the owner's qcow2 overlay), started here, its serial socket read directly;
 - `sercon_ms`: `Machine(spec).start()` and a `Console` waiting for `login:` (owner process,
   serial log, event index, console fan-out all in the path).
 
-The two alternate, so machine load affects both alike. The accelerator is the one sercon picks
+The two alternate in ABBA order, so machine load affects both alike. The accelerator is the one sercon picks
 (`SERCON_ACCEL=tcg` skips the KVM probe). Called by `tests/bench/bench.py` (`make bench`); also
 runnable alone: `python tests/bench/bench_images.py debian-systemd debian-grub`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from record import Row, interleaved  # noqa: E402
 
 from emulator import Machine  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -43,7 +45,7 @@ TIMEOUT = 300.0
 
 
 def _bare_boot(spec: GuestSpec, accel: str) -> float:
-    """Seconds from starting the bare QEMU command to `login:` on its serial socket."""
+    """Milliseconds from starting the bare QEMU command to `login:` on its serial socket."""
     serial, serial_qemu = socket.socketpair()
     qmp, qmp_qemu = socket.socketpair()
     args = qemu_args(spec, accel=accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
@@ -67,7 +69,7 @@ def _bare_boot(spec: GuestSpec, accel: str) -> float:
             if not chunk:
                 raise TimeoutError(f"bare QEMU for {spec.image} closed its serial port")
             buffer = buffer[-64:] + chunk
-        return time.perf_counter() - started
+        return (time.perf_counter() - started) * 1000
     finally:
         proc.kill()
         proc.wait()
@@ -83,42 +85,33 @@ def _sercon_boot(spec: GuestSpec) -> float:
         console.expect(LOGIN.decode(), timeout=TIMEOUT)
         elapsed = time.perf_counter() - started
         console.close()
-        return elapsed
+        return elapsed * 1000
     finally:
         machine.stop()
 
 
-def bench_cold_boots(images: list[str] | None = None) -> list[dict[str, Any]]:
-    """Median cold boot to `login:` per image, sercon vs bare QEMU (milliseconds), plus build facts."""
-    runs = int(os.environ.get("SERCON_BENCH_IMAGE_RUNS", "3"))
+def bench_cold_boots(images: list[str] | None = None, runs: int | None = None) -> list[Row]:
+    """Cold boot to `login:` per image, sercon vs bare QEMU, interleaved (milliseconds)."""
+    runs = runs or int(os.environ.get("SERCON_BENCH_RUNS", "5"))
     own_home = "SERCON_HOME" not in os.environ
     if own_home:
         os.environ["SERCON_HOME"] = tempfile.mkdtemp(prefix="sercon-bench-images-")
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     try:
         for name in images or DEFAULT_IMAGES:
+            row_id, label = f"boot.{name}", f"boot to login:, {name}"
             try:
                 image = build_image(name)
             except Exception as exc:  # an image that cannot be built here is reported, not fatal
-                rows.append({"image": name, "skipped": str(exc).splitlines()[0]})
+                rows.append(Row(row_id, label, "ms", {}, skipped=str(exc).splitlines()[0]))
                 continue
             spec = image.spec
             accel, _reason = choose_accel(spec.accel, find_qemu(), spec.kernel)
             spec = spec.replace(accel=accel)
-            bare, sercon = [], []
-            for _ in range(runs):
-                bare.append(_bare_boot(spec, accel))
-                sercon.append(_sercon_boot(spec))
-            bare_ms = statistics.median(bare) * 1000
-            sercon_ms = statistics.median(sercon) * 1000
+            samples = interleaved(runs, {"bare QEMU": functools.partial(_bare_boot, spec, accel),
+                                         "sercon": functools.partial(_sercon_boot, spec)})
             size = sum(f.stat().st_blocks * 512 for f in image.path.iterdir() if f.is_file())
-            rows.append({
-                "image": name, "accel": accel, "runs": runs,
-                "bare_ms": round(bare_ms), "sercon_ms": round(sercon_ms),
-                "ratio": round(sercon_ms / bare_ms, 3), "overhead_pct": round((sercon_ms / bare_ms - 1) * 100, 1),
-                "bare_all_ms": [round(t * 1000) for t in bare], "sercon_all_ms": [round(t * 1000) for t in sercon],
-                "image_disk_mb": round(size / 2**20),
-            })
+            rows.append(Row(row_id, label, "ms", samples, {"sercon": f"image on disk {size / 2**20:.0f} MiB"}))
     finally:
         if own_home:
             os.environ.pop("SERCON_HOME", None)
@@ -126,14 +119,8 @@ def bench_cold_boots(images: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str]) -> int:
-    rows = bench_cold_boots(argv or None)
-    print(f"{'image':<18}{'bare QEMU':>12}{'sercon':>12}{'ratio':>8}")
-    for row in rows:
-        if "skipped" in row:
-            print(f"{row['image']:<18} skipped: {row['skipped']}")
-        else:
-            print(f"{row['image']:<18}{row['bare_ms']:>10}ms{row['sercon_ms']:>10}ms{row['ratio']:>8.3f}")
-    print(json.dumps(rows, indent=2))
+    for row in bench_cold_boots(argv or None):
+        print(row.label, row.skipped or json.dumps(row.stats(), indent=1))
     return 0
 
 

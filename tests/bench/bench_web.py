@@ -23,7 +23,6 @@ import secrets
 import signal
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,9 @@ import asyncssh
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from record import Row  # noqa: E402
 
 from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -46,6 +48,7 @@ from emulator.web.auth import hash_password  # noqa: E402
 
 BURST_BYTES = int(os.environ.get("SERCON_BENCH_BURST", "400000"))
 ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "40"))
+RUNS = int(os.environ.get("SERCON_BENCH_RUNS", "5"))
 VIEWERS = 20
 PASSWORD = "bench-password-" + secrets.token_hex(4)
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -309,7 +312,12 @@ async def _burst(writer: Stream, readers: list[Stream]) -> tuple[float, list[flo
     return times[0], list(times[1:])
 
 
-async def bench_throughput(bench: WebBench, runs: int = 5) -> dict[str, Any]:
+def _abba(index: int, items: list[Any]) -> list[Any]:
+    """Round `index` of an interleaved run: the items in order, reversed every other round."""
+    return items if index % 2 == 0 else items[::-1]
+
+
+async def bench_throughput(bench: WebBench, runs: int = RUNS) -> Row:
     raw = await bench.bare.stream()
     await raw.expect(b"login:", timeout=240)
     await raw.shell()
@@ -318,33 +326,35 @@ async def bench_throughput(bench: WebBench, runs: int = 5) -> dict[str, Any]:
     await web.shell()
     sock = await bench.console_reader()
     harness = await bench.console_reader("harness")
-    raw_times, web_times, sock_times, owner_times = [], [], [], []
-    for _ in range(runs):
-        raw_times.append((await _burst(raw, []))[0])
+    samples: dict[str, list[float]] = {"raw QEMU socket": [], "websocket": [], "owner socket beside it": [],
+                                       "owner socket alone": []}
+
+    def rate(seconds: float) -> float:
+        return BURST_BYTES / seconds / 1024
+
+    async def via_raw() -> None:
+        samples["raw QEMU socket"].append(rate((await _burst(raw, []))[0]))
+
+    async def via_web() -> None:
         web_time, (sock_time,) = await _burst(web, [sock])
-        web_times.append(web_time)
-        sock_times.append(sock_time)
-        owner_times.append((await _burst(harness, []))[0])
-    await harness.close()
-    await web.close()
-    await sock.close()
+        samples["websocket"].append(rate(web_time))
+        samples["owner socket beside it"].append(rate(sock_time))
+
+    async def via_owner() -> None:
+        samples["owner socket alone"].append(rate((await _burst(harness, []))[0]))
+
+    for index in range(runs):
+        for step in _abba(index, [via_raw, via_web, via_owner]):
+            await step()
+    for stream in (harness, web, sock):
+        await stream.close()
     await session.close()
-    raw_bps = BURST_BYTES / statistics.median(raw_times)
-    web_bps = BURST_BYTES / statistics.median(web_times)
-    return {
-        "burst_bytes": BURST_BYTES, "runs": runs,
-        "raw_qemu_kib_s": round(raw_bps / 1024, 1),
-        "web_websocket_kib_s": round(web_bps / 1024, 1),
-        "owner_console_socket_kib_s": round(BURST_BYTES / statistics.median(sock_times) / 1024, 1),
-        "owner_console_socket_alone_kib_s": round(BURST_BYTES / statistics.median(owner_times) / 1024, 1),
-        "web_vs_raw": round(web_bps / raw_bps, 3), "goal": ">= 0.90",
-        # The web path's own cost: websocket vs the owner's console socket alone (no web client running).
-        "web_vs_owner_socket": round(statistics.median(owner_times) / statistics.median(web_times), 3),
-    }
+    return Row("web.throughput", f"guest output burst ({BURST_BYTES // 1000} kB) to the client", "KiB/s", samples,
+               {"owner socket beside it": "the owner's console socket, read while the websocket reads",
+                "owner socket alone": "the owner's console socket in harness mode, no web client"})
 
 
 async def _echo(stream: Stream, keys: int) -> list[float]:
-    await stream.shell()
     latencies = []
     for i in range(keys):
         key = "abcdefghij"[i % 10].encode()
@@ -352,86 +362,88 @@ async def _echo(stream: Stream, keys: int) -> list[float]:
         start = time.perf_counter()
         await stream.send(key)
         await stream.expect(key, since, timeout=30)
-        latencies.append(time.perf_counter() - start)
-        if i % 10 == 9:
-            await stream.send(b"\x15")  # Ctrl-U: clear the line
-            await stream.drain_quiet(0.2)
-    await stream.send(b"\x15")
+        latencies.append((time.perf_counter() - start) * 1000)
+    await stream.send(b"\x15")  # Ctrl-U: clear the line
     await stream.drain_quiet(0.2)
     return latencies
 
 
-def _ms(values: list[float]) -> dict[str, float]:
-    ordered = sorted(values)
-    return {"median_ms": round(statistics.median(ordered) * 1000, 2),
-            "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 2)}
-
-
-async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> dict[str, Any]:
+async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
     raw = await bench.bare.stream()
-    raw_lat = await _echo(raw, keys)
     session = await bench.http()
     web = await bench.ws(session)
-    web_lat = await _echo(web, keys)
-    await web.close()
-    await session.close()
     ssh = await bench.ssh()
-    ssh_lat = await _echo(ssh, keys)
+    streams = {"raw QEMU socket": raw, "websocket": web, "ssh": ssh}
+    for stream in streams.values():
+        await stream.shell()
+    samples: dict[str, list[float]] = {name: [] for name in streams}
+    for index in range(max(1, keys // 10)):  # blocks of 10 keys, interleaved
+        for name in _abba(index, list(streams)):
+            samples[name].extend(await _echo(streams[name], 10))
+    await web.close()
     await ssh.close()
-    raw_ms, web_ms, ssh_ms = _ms(raw_lat), _ms(web_lat), _ms(ssh_lat)
-    return {"keys": keys, "raw_qemu": raw_ms, "web": web_ms, "ssh": ssh_ms,
-            "web_vs_raw": round(web_ms["median_ms"] / raw_ms["median_ms"], 2),
-            "ssh_vs_raw": round(ssh_ms["median_ms"] / raw_ms["median_ms"], 2)}
+    await session.close()
+    return Row("web.echo", "one keystroke to its echo at a shell prompt", "ms", samples)
 
 
-async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = 3) -> dict[str, Any]:
+def _is_slice_of(data: bytes, log: bytes) -> bool:
+    """True if `data` stands in `log` as one unbroken run: every byte, in order, nothing added."""
+    return bool(data) and log.find(data) >= 0
+
+
+async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = RUNS) -> list[Row]:
+    """The writer's burst alone (no viewer connected) and with `viewers` read-only websockets,
+    interleaved; each crowded round connects its viewers and checks every byte they got."""
     session = await bench.http()
     writer = await bench.ws(session)
     await writer.shell()
-    alone = [(await _burst(writer, []))[0] for _ in range(runs)]
     sessions = [await bench.http() for _ in range(viewers)]
-    watching = [await bench.ws(s, "read") for s in sessions]
-    crowded, viewer_times = [], []
-    for _ in range(runs):
-        w, v = await _burst(writer, list(watching))
-        crowded.append(w)
-        viewer_times.extend(v)
-    for stream in (writer, *watching):
-        await stream.close()
+    crowd = f"with {viewers} viewers"
+    samples: dict[str, list[float]] = {"alone": [], crowd: []}
+    seen: list[bytes] = []
+
+    async def alone() -> None:
+        samples["alone"].append((await _burst(writer, []))[0] * 1000)
+
+    async def crowded() -> None:
+        watching = [await bench.ws(s, "read") for s in sessions]
+        w, _ = await _burst(writer, list(watching))
+        samples[crowd].append(w * 1000)
+        for stream in watching:
+            await stream.drain_quiet(0.3)
+            seen.append(stream.data)
+            await stream.close()
+
+    for index in range(runs):
+        for step in _abba(index, [alone, crowded]):
+            await step()
+    log = (bench.home / "guests" / "bench" / "serial.log").read_bytes()
+    exact = [1.0 if _is_slice_of(data, log) else 0.0 for data in seen]
+    await writer.close()
     for s in (session, *sessions):
         await s.close()
-    return {
-        "viewers": viewers, "runs": runs,
-        "writer_alone_s": round(statistics.median(alone), 3),
-        "writer_with_viewers_s": round(statistics.median(crowded), 3),
-        "writer_speed_with_viewers": round(statistics.median(alone) / statistics.median(crowded), 3),
-        "slowest_viewer_s": round(max(viewer_times), 3),
-        "all_viewers_got_everything": len(viewer_times) == viewers * runs,
-        "goal": "writer speed with viewers ~1.0",
-    }
+    return [
+        Row("web.viewers", f"writer's burst with read-only viewers ({BURST_BYTES // 1000} kB)", "ms", samples,
+            {crowd: "websocket viewers of the same VM, connected for the round, reading everything"}),
+        Row("web.viewers.bytes", "each viewer's bytes are an unbroken run of the serial log", "1 = exact",
+            {"viewers": exact}),
+    ]
 
 
-def run_all(home: Path | None = None) -> dict[str, Any]:
-    """Start the bench fleet and a bare QEMU, measure everything, stop them; returns the results."""
+def run_all(home: Path | None = None) -> list[Row]:
+    """Start the bench fleet and a bare QEMU, measure everything, stop them; returns the rows."""
     bench = start_bench(home)
     try:
-        async def go() -> dict[str, Any]:
-            return {
-                "throughput": await bench_throughput(bench),
-                "echo_latency": await bench_echo(bench),
-                "viewers": await bench_viewers(bench),
-            }
+        async def go() -> list[Row]:
+            return [await bench_throughput(bench), await bench_echo(bench), *await bench_viewers(bench)]
         return asyncio.run(go())
     finally:
         bench.close()
 
 
 def main() -> int:
-    results = run_all()
-    print(json.dumps(results, indent=2))
-    out = ROOT / "tests" / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench_web.json").write_text(json.dumps(results, indent=2) + "\n")
+    for row in run_all():
+        print(row.label, row.skipped or json.dumps(row.stats(), indent=1))
     return 0
 
 

@@ -1,0 +1,191 @@
+"""What `make bench` records, and how a goal is judged from it.
+
+A *row* is one measure (boot to `login:`, `run("true")`, ...) with the raw samples of each of its
+*variants* (bare QEMU, sercon, labgrid, ...), gathered interleaved in one run on one machine. A
+*goal* compares two variants of a row, or bounds one, and is judged from a bootstrap 95%
+confidence interval: **met** when the whole interval meets it, **missed** when none of it does,
+**undecided** when the interval straddles the limit (more runs would tell). Every figure the
+README shows is read from the one result file this writes (`tests/bench/results/bench.json`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "tests" / "bench" / "results"
+RESULT_FILE = RESULTS / "bench.json"
+BOOTSTRAP = 2000
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0..100), linear between closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no samples")
+    pos = (len(ordered) - 1) * q / 100
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    return {"n": len(values), "p10": percentile(values, 10), "p50": percentile(values, 50),
+            "p90": percentile(values, 90), "mean": statistics.fmean(values)}
+
+
+def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], *, stat: str = "p50",
+             seed: int = 1) -> tuple[float, float, float]:
+    """(point, low, high): the ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI."""
+    pick: Callable[[Sequence[float]], float] = (
+        statistics.median if stat == "p50" else statistics.fmean)  # type: ignore[assignment]
+    point = pick(numerator) / pick(denominator)
+    rng = random.Random(seed)
+    ratios = sorted(
+        pick(rng.choices(numerator, k=len(numerator))) / pick(rng.choices(denominator, k=len(denominator)))
+        for _ in range(BOOTSTRAP))
+    return point, percentile(ratios, 2.5), percentile(ratios, 97.5)
+
+
+def interleaved(rounds: int, variants: dict[str, Callable[[], float | list[float]]]) -> dict[str, list[float]]:
+    """Run each variant once per round, the order reversed every other round (ABBA...), so drift
+    in machine load falls on all variants alike. Each callable returns one sample or a block."""
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for index in range(rounds):
+        for name in names if index % 2 == 0 else reversed(names):
+            got = variants[name]()
+            samples[name].extend(got if isinstance(got, list) else [got])
+    return samples
+
+
+@dataclass
+class Row:
+    """One measure: samples per variant (in `unit`), and why a variant is what it is."""
+
+    id: str
+    label: str
+    unit: str
+    samples: dict[str, list[float]]
+    notes: dict[str, str] = field(default_factory=dict)
+    skipped: str | None = None
+
+    def stats(self) -> dict[str, dict[str, float]]:
+        return {name: summary(values) for name, values in self.samples.items() if values}
+
+
+@dataclass(frozen=True)
+class Goal:
+    """`row`'s `variant` against `baseline` (a ratio of p50, or of means) or alone, within `limit`.
+
+    kind "ratio_max": variant/baseline <= limit; "ratio_min": variant/baseline >= limit (higher is
+    better, e.g. throughput); "value_max": variant's p50 <= limit, in the row's unit;
+    "all_exact": every sample of a pass/fail check is 1 (no interval: one failure is a miss).
+    """
+
+    id: str
+    text: str
+    row: str
+    variant: str
+    kind: Literal["ratio_max", "ratio_min", "value_max", "all_exact"]
+    limit: float
+    baseline: str | None = None
+    stat: str = "p50"
+
+
+#: Every goal sercon holds itself to in `make bench`, in the order the report shows them.
+GOALS: tuple[Goal, ...] = (
+    Goal("boot-overhead", "boot to login: through sercon at most 3% slower than bare QEMU (linux-initramfs)",
+         "boot.linux-initramfs", "sercon", "ratio_max", 1.03, "bare QEMU", stat="mean"),
+    Goal("rtt-floor", 'run("true") at most 1.2x a raw write/read loop on the same guest and socket',
+         "rtt", "sercon run()", "ratio_max", 1.2, "raw loop, same socket"),
+    Goal("rtt-labgrid", 'run("true") at least 2x faster than labgrid\'s QEMUDriver + ShellDriver',
+         "rtt", "labgrid QEMUDriver", "ratio_min", 2.0, "sercon run()"),
+    Goal("throughput", "guest output to the websocket at least 0.9x the raw QEMU socket",
+         "web.throughput", "websocket", "ratio_min", 0.9, "raw QEMU socket"),
+    Goal("echo-web", "keystroke echo over the web at most 1.2x raw", "web.echo", "websocket", "ratio_max", 1.2,
+         "raw QEMU socket"),
+    Goal("echo-ssh", "keystroke echo over SSH at most 1.2x raw", "web.echo", "ssh", "ratio_max", 1.2,
+         "raw QEMU socket"),
+    Goal("viewers", "writer speed with 20 read-only viewers at least 0.95x alone", "web.viewers",
+         "alone", "ratio_min", 0.95, "with 20 viewers"),
+    Goal("viewers-bytes", "every viewer received exactly the bytes of the serial log", "web.viewers.bytes",
+         "viewers", "all_exact", 1.0),
+    Goal("restore", "snapshot restore to a shell within 100 ms (linux-initramfs)", "snapshot.linux-initramfs",
+         "restore", "value_max", 100.0),
+)
+
+
+def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
+    """The verdict on one goal: value, 95% CI, and met / missed / undecided / not measured."""
+    out: dict[str, Any] = {"id": goal.id, "text": goal.text, "limit": goal.limit, "kind": goal.kind}
+    row = rows.get(goal.row)
+    have = row is not None and row.skipped is None and row.samples.get(goal.variant) and (
+        goal.baseline is None or row.samples.get(goal.baseline))
+    if not have or row is None:
+        out.update(verdict="not measured", reason=(row.skipped if row is not None else None) or "no samples")
+        return out
+    if goal.kind == "all_exact":
+        values = row.samples[goal.variant]
+        exact = sum(1 for v in values if v == 1.0)
+        out.update(value=exact / len(values), ci95=[exact / len(values)] * 2,
+                   verdict="met" if exact == len(values) else "missed", detail=f"{exact} of {len(values)}")
+        return out
+    if goal.kind == "value_max":
+        values = row.samples[goal.variant]
+        point, low, high = ratio_ci(values, [1.0] * len(values), stat=goal.stat)
+    else:
+        assert goal.baseline is not None
+        point, low, high = ratio_ci(row.samples[goal.variant], row.samples[goal.baseline], stat=goal.stat)
+    good = (lambda x: x <= goal.limit) if goal.kind in ("ratio_max", "value_max") else (lambda x: x >= goal.limit)
+    verdict = "met" if good(low) and good(high) else "missed" if not good(low) and not good(high) else "undecided"
+    out.update(value=point, ci95=[low, high], verdict=verdict)
+    return out
+
+
+def machine_meta() -> dict[str, Any]:
+    """Date, commit, host, cores and QEMU version: what a reader needs to re-measure."""
+    def run(*cmd: str) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    from emulator.qemu_args import find_qemu
+
+    dirty = bool(run("git", "status", "--porcelain", "--untracked-files=no"))
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": run("git", "rev-parse", "--short=12", "HEAD") + ("+dirty" if dirty else ""),
+        "host": socket.gethostname(), "cores": os.cpu_count(), "machine": platform.machine(),
+        "kernel": platform.release(), "python": platform.python_version(),
+        "qemu": run(find_qemu(), "--version").splitlines()[0] if find_qemu() else "",
+    }
+
+
+def save(meta: dict[str, Any], rows: list[Row], path: Path = RESULT_FILE) -> dict[str, Any]:
+    by_id = {row.id: row for row in rows}
+    result = {
+        "meta": meta,
+        "rows": [{**asdict(row), "stats": row.stats()} for row in rows],
+        "goals": [judge(goal, by_id) for goal in GOALS],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def load(path: Path = RESULT_FILE) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(path.read_text())
+    return result
