@@ -187,27 +187,34 @@ def bench_round_trip(spec: GuestSpec, accel: str) -> Row:
             "raw loop, same socket": "one write + one read on the guest sercon runs, echo and line editing off",
             "raw loop, bare QEMU": "a second guest, QEMU's own socket, no owner in the path",
         }
-        try:
-            from bench_labgrid import LabgridPeer
+        from bench_labgrid import LabgridPeer
 
-            native = LabgridPeer.qemu_driver(spec, accel)
-            peers.append(native)
-            blocks["labgrid QEMUDriver"] = lambda: native.block(BLOCK)
-            notes["labgrid QEMUDriver"] = "labgrid 26.0.1 QEMUDriver + ShellDriver, same kernel and initramfs"
-            port = machine.info().get("rfc2217_port")
-            if port:
-                via = LabgridPeer.rfc2217(port, spec)
-                peers.append(via)
-                blocks["labgrid via RFC 2217"] = lambda: via.block(max(1, BLOCK // 4))
-                notes["labgrid via RFC 2217"] = ("through sercon's RFC 2217 port: pyserial sleeps 50 ms per port "
-                                                 "reconfigure, which labgrid's SerialDriver makes on every read")
-        except Exception as exc:  # the peer is optional (PyPI unreachable, or labgrid broke): say why
-            notes["labgrid QEMUDriver"] = f"skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        def peer(name: str, note: str, make: Callable[[], Any], count: int) -> None:
+            try:
+                made = make()
+            except Exception as exc:  # a peer is optional (PyPI unreachable, labgrid broke): say why
+                notes[name] = f"skipped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                return
+            peers.append(made)
+            blocks[name] = lambda: made.block(count)
+            notes[name] = note
+
+        peer("labgrid QEMUDriver", "labgrid 26.0.1 QEMUDriver + ShellDriver on the same kernel and initramfs",
+             lambda: LabgridPeer.qemu_driver(spec, accel), BLOCK)
+
+        def via_rfc2217() -> Any:
+            other = Machine(spec, name="bench-rtt-rfc2217").start()
+            peers.append(other)  # stopped with the peers
+            return LabgridPeer.rfc2217(other.info()["rfc2217_port"], spec)
+
+        peer("labgrid via RFC 2217", "labgrid's SerialDriver on a second sercon guest's RFC 2217 port: pyserial "
+             "sleeps 50 ms per port reconfigure, which the SerialDriver makes on every read",
+             via_rfc2217, max(1, BLOCK // 4))
         samples = interleaved(ROUNDS, dict(blocks))
         return Row("rtt", 'run("true") round trip, linux-initramfs', "ms", samples, notes)
     finally:
-        for peer in peers:
-            peer.close()
+        for made in reversed(peers):
+            made.stop() if isinstance(made, Machine) else made.close()
         machine.stop()
         bare.close()
 
