@@ -7,6 +7,9 @@ other processes talk to the owner), rfc2217 (COM1 as a network serial port), ser
 and the event index), sysrq (valid keys), errors.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ActionFailed,
     ConsoleBusy,
@@ -18,9 +21,22 @@ from .errors import (
     UnknownGuest,
     UnknownImage,
 )
-from .images import DEFAULT_IMAGE, build_image, resolve_image
-from .machine import Machine
 from .spec import GuestSpec
+
+if TYPE_CHECKING:
+    from .images import DEFAULT_IMAGE, build_image, resolve_image
+    from .machine import Machine
+
+#: Imported on first use: the owner process (emulator.daemon) starts QEMU sooner without them.
+_LAZY = {"Machine": "machine", "DEFAULT_IMAGE": "images", "build_image": "images", "resolve_image": "images"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT_IMAGE",

@@ -125,6 +125,8 @@ class ConsoleOwner:
         self.stopped = asyncio.Event()
         #: Metadata of the snapshot the current QEMU was loaded from, if any.
         self.snapshot_meta: dict[str, Any] | None = None
+        #: The snapshot RAM file the current QEMU maps private (None: RAM in a shared memfd).
+        self._ram_file: str | None = None
 
     # ----------------------------------------------------------------- events
 
@@ -157,11 +159,13 @@ class ConsoleOwner:
             )
             log.info("%s: accelerator %s (%s)", self.name, self.accel, self.accel_reason)
         state_file = None
+        self._ram_file = None
         backing: tuple[str, str | None] | None = (self.spec.disk, self.spec.disk_format) if self.spec.disk else None
         if snapshot is not None:
             snap = snapshots.find(snapshot, snapshots.snapshot_key(self.spec, self.accel, qemu))
             state_file = snap.state.open("rb")
             self.snapshot_meta = snap.meta
+            self._ram_file = str(snap.ram) if snap.ram else None
             if (snap.folder / "disk.qcow2").exists():
                 backing = (str(snap.folder / "disk.qcow2"), "qcow2")
         overlay = None
@@ -171,11 +175,13 @@ class ConsoleOwner:
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(
             self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
-            name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None,
+            name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None, ram_file=self._ram_file,
         )
         pass_fds = [serial_qemu.fileno(), qmp_qemu.fileno()]
+        incoming = f"fd:{state_file.fileno()}" if state_file is not None else ""
         if state_file is not None:
-            args += ["-incoming", f"fd:{state_file.fileno()}"]
+            # With the RAM in a file, the stream needs x-ignore-shared set first: defer, then load.
+            args += ["-incoming", "defer" if self._ram_file else incoming]
             pass_fds.append(state_file.fileno())
         with self.qemu_log_path.open("ab") as qlog:
             qlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {reason}: {' '.join(args)}\n".encode())
@@ -210,8 +216,29 @@ class ConsoleOwner:
             ) from exc
         self._tasks.append(asyncio.create_task(self._pump_qmp_events(self.qmp), name="qmp-events"))
         if snapshot is not None:
+            if self._ram_file:
+                await self._set_ignore_shared(True)
+                await self._qmp("migrate-incoming", {"uri": incoming})
             await self._wait_restored(snapshot)
         self.state = "running"
+
+    async def _set_ignore_shared(self, on: bool) -> None:
+        """x-ignore-shared: migration leaves shared RAM (the memfd) out of the stream."""
+        await self._qmp("migrate-set-capabilities",
+                        {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
+
+    def _ram_memfd(self) -> Path:
+        """QEMU's memfd holding the guest RAM, as /proc/PID/fd/N."""
+        assert self.proc is not None
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        size = self.spec.memory_mb << 20
+        for fd in fds.iterdir():
+            try:  # QEMU names the memfd after the backend's type; the size tells the RAM's apart
+                if os.readlink(fd).startswith("/memfd:memory-backend-memfd") and fd.stat().st_size == size:
+                    return fd
+            except OSError:
+                continue
+        raise ActionFailed(f"the RAM of {self.name} is not in a memfd (QEMU {self.proc.pid})")
 
     async def _make_overlay(self, backing: str, backing_format: str | None) -> Path:
         """A fresh qcow2 overlay in the guest folder: the guest's writes never reach `backing`."""
@@ -262,8 +289,10 @@ class ConsoleOwner:
         key = snapshots.snapshot_key(self.spec, self.accel, qemu)
         tmp = snapshots.prepare(name, key)
         await self._qmp("stop")
+        shared_ram = self._ram_file is None  # booted: RAM in a memfd; restored: private file mapping
         try:
             target = tmp / "state.bin"
+            await self._set_ignore_shared(shared_ram)
             await self._qmp("migrate", {"uri": f"exec:cat > '{target}'"})
             while True:
                 status = await self._qmp("query-migrate")
@@ -281,6 +310,9 @@ class ConsoleOwner:
             if overlay.exists() and self.spec.disk:
                 # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
                 shutil.copyfile(overlay, tmp / "disk.qcow2")
+            if shared_ram:  # the guest is still stopped: its RAM cannot change under the copy
+                await asyncio.get_running_loop().run_in_executor(
+                    None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)
             snap = snapshots.commit(tmp, name, key, {
                 "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
                 "guest": self.name, "extra": extra or {},

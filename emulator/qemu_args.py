@@ -33,6 +33,17 @@ def find_qemu() -> str:
     return found
 
 
+#: The id of the guest RAM's memory backend (also its RAM block's name in a migration stream).
+RAM_ID = "pc.ram"
+
+
+def ram_backend(memory_mb: int, ram_file: str | None = None) -> str:
+    """The `-object` for guest RAM: a shared memfd, or a snapshot's RAM file mapped copy-on-write."""
+    if ram_file is None:
+        return f"memory-backend-memfd,id={RAM_ID},size={memory_mb}M,share=on"
+    return f"memory-backend-file,id={RAM_ID},size={memory_mb}M,mem-path={ram_file},share=off"
+
+
 def qemu_args(
     spec: GuestSpec,
     *,
@@ -42,14 +53,22 @@ def qemu_args(
     name: str = "sercon",
     qemu: str = QEMU_BINARY,
     disk_overlay: str | None = None,
+    ram_file: str | None = None,
 ) -> list[str]:
-    """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm")."""
+    """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm").
+
+    Guest RAM is a memory backend named `RAM_ID`: a shared memfd for a guest that boots (so a
+    snapshot can copy the RAM as it is instead of streaming it), or, with `ram_file`, a snapshot's
+    RAM file mapped private: pages are read from the file on first touch and copied only when the
+    guest writes them, so guests restored from one snapshot share the pages they leave alone.
+    """
     args = [
         qemu,
         "-name", f"guest={name}",
         "-nodefaults",
         "-no-user-config",
-        "-machine", f"{spec.machine},accel={accel}",
+        "-machine", f"{spec.machine},accel={accel},memory-backend={RAM_ID}",
+        "-object", ram_backend(spec.memory_mb, ram_file),
         "-m", str(spec.memory_mb),
         "-smp", str(spec.cpus),
         "-display", "none",

@@ -89,10 +89,51 @@ def test_corrupt_and_foreign_snapshots_are_refused(restored_guest: Machine, serc
         shutil.rmtree(corrupt, ignore_errors=True)
 
 
+def test_a_corrupt_ram_file_is_refused(restored_guest: Machine, sercon_spec: object) -> None:
+    """One flipped byte of guest RAM is caught, though restores skip the RAM digest while the file is
+    unchanged (its size, time and inode are remembered in ram.ok)."""
+    key = restored_guest.info()["snapshot"]["key"]
+    corrupt = folder_for("corrupt-ram", key)
+    shutil.rmtree(corrupt, ignore_errors=True)
+    shutil.copytree(folder_for("logged-in", key), corrupt)
+    try:
+        with (corrupt / "ram.bin").open("r+b") as ram:
+            ram.seek(1 << 20)
+            byte = ram.read(1)
+            ram.seek(1 << 20)
+            ram.write(bytes([byte[0] ^ 0xFF]))
+        with pytest.raises(SnapshotError, match="corrupt: its RAM file does not match its digest"):
+            Machine(sercon_spec, name="corrupt-ram-1", from_snapshot="corrupt-ram").start()  # type: ignore[arg-type]
+        (corrupt / "ram.bin").write_bytes(b"short")
+        with pytest.raises(SnapshotError, match="RAM file is missing or truncated"):
+            Machine(sercon_spec, name="corrupt-ram-2", from_snapshot="corrupt-ram").start()  # type: ignore[arg-type]
+    finally:
+        shutil.rmtree(corrupt, ignore_errors=True)
+
+
+def test_a_snapshot_of_a_restored_guest_streams_its_ram(restored_guest: Machine, restored_shell: LinuxShell,
+                                                        sercon_spec: object) -> None:
+    """A restored guest maps its RAM private, which QEMU cannot leave out of the stream: its own
+    snapshot carries the RAM inside state.bin, and loads like any other."""
+    restored_shell.run("echo second-generation > /tmp/generation")
+    meta = restored_guest.snapshot("second-generation", nonce=restored_shell.nonce)
+    assert meta["ram"] == "stream" and meta["size"] > 1_000_000
+    child = Machine(sercon_spec, name=f"{restored_guest.name}-child",  # type: ignore[arg-type]
+                    from_snapshot="second-generation").start()
+    try:
+        shell = LinuxShell.resume(Console.for_machine(child, from_offset=None), restored_shell.nonce)
+        assert shell.run("cat /tmp/generation").output == "second-generation\n"
+        shell.console.close()
+    finally:
+        child.stop()
+
+
 def test_snapshot_of_a_running_guest_and_cli_start(guest: Machine, shell: LinuxShell) -> None:
     shell.run("echo from-the-shared-guest > /tmp/snap-marker")
     meta = guest.snapshot("cli-test", nonce=shell.nonce)
-    assert meta["size"] > 1_000_000 and meta["guest"] == guest.name
+    # A booted guest's RAM is copied, not streamed: the stream holds the device state alone.
+    assert meta["ram"] == "file" and meta["ram_size"] == guest.spec.memory_mb << 20  # type: ignore[union-attr]
+    assert meta["size"] < meta["ram_size"] // 16 and meta["guest"] == guest.name
     assert shell.run("echo still-running").output == "still-running\n"  # saving did not stop it
     twin = Machine(guest.spec, name="twin", from_snapshot="cli-test").start()  # type: ignore[arg-type]
     try:

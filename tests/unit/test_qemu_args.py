@@ -61,3 +61,15 @@ def test_missing_qemu_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SERCON_QEMU", "/no/such/qemu")
     with pytest.raises(QemuNotFound, match="not an executable"):
         find_qemu()
+
+
+def test_guest_ram_is_a_shared_memfd_or_a_snapshots_file_mapped_private() -> None:
+    """Booting: RAM in a shared memfd (a snapshot copies it instead of streaming it). Restoring:
+    the snapshot's RAM file, share=off, so each guest's writes stay its own."""
+    spec = GuestSpec(kernel="/k", memory_mb=256)
+    booting = qemu_args(spec, accel="tcg", serial_fd=3, qmp_fd=4)
+    assert booting[booting.index("-machine") + 1] == "pc,accel=tcg,memory-backend=pc.ram"
+    assert "memory-backend-memfd,id=pc.ram,size=256M,share=on" in booting
+    restoring = qemu_args(spec, accel="tcg", serial_fd=3, qmp_fd=4, ram_file="/snap/ram.bin")
+    assert "memory-backend-file,id=pc.ram,size=256M,mem-path=/snap/ram.bin,share=off" in restoring
+    assert not any("memfd" in a for a in restoring)

@@ -25,7 +25,7 @@ def test_bios_profile(image: Path) -> None:
     args = qemu_args(spec, accel="tcg", serial_fd=3, qmp_fd=4)
     assert f"file={image},if=ide,format=qcow2" in args  # on q35: the AHCI controller
     assert "-snapshot" in args  # the user's image is never written
-    assert "q35,accel=tcg" in args and "4096" in args and "pvpanic" in args
+    assert "q35,accel=tcg,memory-backend=pc.ram" in args and "4096" in args and "pvpanic" in args
     assert not any("pflash" in a for a in args)
 
 
