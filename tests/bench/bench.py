@@ -13,7 +13,9 @@ confidence interval (met / missed / undecided).
   through sercon's RFC 2217 port, kept apart because pyserial's RFC 2217 client sleeps 50 ms on
   every port reconfigure, which labgrid's SerialDriver triggers on each read.
 - SysRq and NMI: the action call to the kernel's answer on the console.
-- snapshots: cold boot to a logged-in shell vs restoring a snapshot taken there, per image.
+- snapshots: cold boot to a logged-in shell vs restoring a snapshot taken there (as a new guest,
+  and into a running guest), per image; and the memory (PSS) of ten guests restored from one
+  snapshot against ten booted ones.
 - images: boot to `login:` of the distribution images, sercon vs bare (bench_images.py).
 - web: throughput, echo, viewers through `sercon serve` vs the raw QEMU socket (bench_web.py).
 
@@ -21,7 +23,7 @@ Writes tests/bench/results/bench.json (with date, commit, host, cores, QEMU vers
 prints it, plots it and writes the README's table from it. Sample counts: SERCON_BENCH_BOOTS
 (default 20), SERCON_BENCH_ROUNDS (10 blocks of SERCON_BENCH_BLOCK=20 round trips), SERCON_BENCH_RUNS
 (default 5, snapshots and distribution images), SERCON_BENCH_IMAGES, SERCON_BENCH_SKIP (comma list
-of boot,rtt,actions,snapshots,images,web).
+of boot,rtt,actions,snapshots,memory,images,web).
 """
 
 from __future__ import annotations
@@ -287,8 +289,65 @@ def bench_snapshots(image: str, accel: str) -> Row:
         finally:
             machine.stop()
 
-    samples = interleaved(RUNS, {"cold boot": cold, "restore": restore})  # the first cold boot makes it
-    return Row(row_id, label, "ms", samples, {"restore": "start a new guest from the snapshot, shell answers"})
+    resident: list[Machine] = []
+
+    def restore_in_place() -> float:
+        if not resident:
+            resident.append(Machine(spec, name="bench-restore-resident", from_snapshot=f"bench-{image}").start())
+        started = time.perf_counter()
+        resident[0].restore(f"bench-{image}")
+        shell = LinuxShell.resume(Console.for_machine(resident[0], from_offset=None), nonce)
+        shell.run("true")
+        elapsed = time.perf_counter() - started
+        shell.console.close()
+        return ms(elapsed)
+
+    try:
+        samples = interleaved(RUNS, {"cold boot": cold, "restore": restore,  # the first cold boot saves it
+                                     "restore into a running guest": restore_in_place})
+    finally:
+        for machine in resident:
+            machine.stop()
+    return Row(row_id, label, "ms", samples, {
+        "restore": "a new guest (owner process and QEMU start) from the snapshot, until its shell answers",
+        "restore into a running guest": "`restore` on a running guest: a new QEMU behind the same owner"})
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size of one process: shared pages count a fraction per sharer."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no Pss in /proc/{pid}/smaps_rollup")
+
+
+def bench_memory(spec: GuestSpec, guests: int = 10) -> Row:
+    """PSS of each QEMU, `guests` of them at a shell at once: booted, then restored from one snapshot."""
+    samples: dict[str, list[float]] = {}
+    nonce = ""  # the shell's marker in the snapshot the booted variant saves
+    for variant in ("booted", "restored"):
+        running: list[Machine] = []
+        try:
+            for index in range(guests):
+                if variant == "booted":
+                    machine = Machine(spec, name=f"bench-mem-boot-{index}").start()
+                    shell = LinuxShell(Console.for_machine(machine))
+                    shell.login(spec.user or "root", spec.password)
+                    if index == 0:
+                        machine.snapshot("bench-memory", nonce=shell.nonce)
+                        nonce = shell.nonce
+                else:
+                    machine = Machine(spec, name=f"bench-mem-restore-{index}", from_snapshot="bench-memory").start()
+                    shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
+                running.append(machine)
+                shell.run("true")
+                shell.console.close()
+            samples[variant] = [pss_mib(int(m.info()["qemu_pid"])) for m in running]
+        finally:
+            for machine in running:
+                machine.stop()
+    return Row("memory", f"QEMU PSS per guest, {guests} guests at a shell at once", "MiB", samples,
+               {"restored": "all from one snapshot: RAM pages shared until a guest writes them"})
 
 
 # ---------------------------------------------------------------------------- main
@@ -325,6 +384,7 @@ def main() -> int:
     section("actions", lambda: bench_actions(spec))
     for image in images:
         section("snapshots", lambda image=image: bench_snapshots(image, accel))  # type: ignore[misc]
+    section("memory", lambda: bench_memory(spec))
 
     def images_rows() -> list[Row]:
         from bench_images import bench_cold_boots
