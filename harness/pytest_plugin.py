@@ -235,13 +235,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append((f"sercon serial log of {machine.name} (last 40 lines)", tail))
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    if not _STARTED:
-        return
-    tr = terminalreporter
-    tr.section("sercon console-path report")
+def _report_lines() -> list[str]:
+    """The console-path report of the guests this process started (one line each, then notes)."""
     home = os.environ.get("SERCON_HOME") or (str(_STARTED[0].folder.parent.parent) if _STARTED[0].folder else "")
-    tr.write_line(f"guests: {len(_STARTED)}   SERCON_HOME={home}")
+    lines = [f"guests: {len(_STARTED)}   SERCON_HOME={home}"]
     for machine in _STARTED:
         events = machine.events()
         kinds: dict[str, int] = {}
@@ -251,7 +248,39 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         boots = max((e.get("boot", 0) for e in events), default=0)
         size = machine.serial_log_path.stat().st_size if machine.serial_log_path.exists() else 0
         summary = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()) if not k.startswith("console_"))
-        tr.write_line(f"  {machine.name:<22} accel={accel:<4} boots={boots:<3} log={size:>8} B  {summary}")
-    tr.write_line("  (serial logs and events.jsonl stay in each guest's folder under SERCON_HOME)")
-    for note in _NOTES:
-        tr.write_line(f"  {note}")
+        lines.append(f"  {machine.name:<22} accel={accel:<4} boots={boots:<3} log={size:>8} B  {summary}")
+    lines.append("  (serial logs and events.jsonl stay in each guest's folder under SERCON_HOME)")
+    lines += [f"  {note}" for note in _NOTES]
+    return lines
+
+
+#: Reports that pytest-xdist workers sent back (worker id, lines), for the controller to print.
+_WORKER_REPORTS: list[tuple[str, list[str]]] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """In an xdist worker: hand the report to the controller, whose terminal is the one shown."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None and _STARTED:
+        workeroutput["sercon_report"] = _report_lines()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    lines = getattr(node, "workeroutput", {}).get("sercon_report")
+    if lines:
+        _WORKER_REPORTS.append((str(node.gateway.id), list(lines)))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not _STARTED and not _WORKER_REPORTS:
+        return
+    tr = terminalreporter
+    tr.section("sercon console-path report")
+    if _STARTED:
+        for line in _report_lines():
+            tr.write_line(line)
+    for worker, lines in sorted(_WORKER_REPORTS):
+        tr.write_line(f"worker {worker}: {lines[0]}")
+        for line in lines[1:]:
+            tr.write_line(line)
