@@ -44,8 +44,9 @@ ClientMode = Literal["read", "interactive", "harness"]
 
 #: A guest reboot emits 2-3 RESET events within ~60 ms (spread wider on a loaded host): one boot.
 RESET_DEBOUNCE_S = 1.5
-#: A console client whose socket has this much unsent data is dropped (it can re-read the log).
-CLIENT_BACKLOG_LIMIT = 16 * 1024 * 1024
+#: A console client whose socket has this much unsent data is dropped (it can re-read the log);
+#: SERCON_CLIENT_BACKLOG (bytes) sets it for the owner processes started with it in their environment.
+CLIENT_BACKLOG_LIMIT = int(os.environ.get("SERCON_CLIENT_BACKLOG", 16 * 1024 * 1024))
 PANIC_TEXT = b"Kernel panic - not syncing"
 TAKEOVER_NOTICE = (
     "\r\n[sercon] The serial console connection was closed: {who} took over the console. "

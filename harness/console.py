@@ -11,7 +11,6 @@ lines, instead of pexpect's dump of internal state.
 
 from __future__ import annotations
 
-import os
 import re
 import select
 import socket
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pexpect
-import pexpect.fdpexpect
 from pexpect.spawnbase import SpawnBase
 
 from emulator.errors import SerconError
@@ -103,18 +101,94 @@ class SerialSpawn(SpawnBase):  # type: ignore[type-arg]  # generic only in the s
         self.port.close()
 
 
+class GuestSocketSpawn(SpawnBase):  # type: ignore[type-arg]  # generic only in the stubs
+    """pexpect over a sercon guest's console socket, which knows where in the serial log it is.
+
+    `offset` is the log offset of the next byte to arrive. If the owner drops this client (it
+    stopped reading while the guest printed more than the owner buffers for one client), a
+    harness or read-only console reconnects from `offset`: the owner replays the gap from the
+    serial log, so not one byte is lost, and `resumed` counts the times it happened. An
+    interactive console is not resumed (that would take the console back from whoever took it
+    over); nor is any console of a guest whose owner is gone: both end in pexpect.EOF.
+    """
+
+    def __init__(self, machine: Machine, sock: socket.socket, *, mode: str, client: str, offset: int,
+                 timeout: float = 30, maxread: int = 65536) -> None:
+        super().__init__(timeout=timeout, maxread=maxread, encoding=None)
+        self.machine = machine
+        self.sock = sock
+        self.mode = mode
+        self.client = client
+        self.offset = offset
+        self.resumed = 0
+        self.name = f"<console of {machine.name}>"
+        self.closed = False
+        self.child_fd = sock.fileno()
+
+    def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> bytes:
+        if timeout == -1:
+            timeout = self.timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.sock], [], [], remaining)[0]:
+                raise pexpect.TIMEOUT("timeout reading from the console socket")
+            try:
+                data = self.sock.recv(size)
+            except ConnectionError:
+                data = b""
+            if data:
+                self.offset += len(data)
+                self._log(data, "read")  # type: ignore[attr-defined]
+                return data
+            if not self._resume():
+                self.closed = True
+                raise pexpect.EOF("the console socket closed")
+
+    def _resume(self) -> bool:
+        """Reconnect from `offset` after the owner dropped this client; False if it cannot be."""
+        if self.closed or self.mode == "interactive" or not self.machine.is_running():
+            return False
+        try:
+            sock, _reply = self.machine.open_console(self.mode, client=self.client, from_offset=self.offset)
+        except (SerconError, OSError):
+            return False
+        self.sock.close()
+        self.sock = sock
+        self.child_fd = sock.fileno()
+        self.resumed += 1
+        return True
+
+    def send(self, s: bytes | str) -> int:
+        data = s.encode() if isinstance(s, str) else s
+        self._log(data, "send")  # type: ignore[attr-defined]
+        try:
+            self.sock.sendall(data)
+        except ConnectionError:
+            if not self._resume():
+                raise
+            self.sock.sendall(data)
+        return len(data)
+
+    def isalive(self) -> bool:
+        return not self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
 class Console:
     """Expect-style access to one serial console."""
 
     def __init__(
-        self, spawn: pexpect.fdpexpect.fdspawn[bytes] | SerialSpawn, *, name: str, tail: _Tail,
-        machine: Machine | None = None, sock: socket.socket | None = None, port: Any = None, start_offset: int = 0,
+        self, spawn: GuestSocketSpawn | SerialSpawn, *, name: str, tail: _Tail,
+        machine: Machine | None = None, port: Any = None, start_offset: int = 0,
     ) -> None:
         self.spawn = spawn
         self.name = name
         self.tail = tail
         self.machine = machine
-        self._sock = sock
         self._port = port
         #: Serial log offset of the first byte this console received.
         self.start_offset = start_offset
@@ -125,12 +199,22 @@ class Console:
                     client: str = "harness") -> Console:
         sock, reply = machine.open_console(mode, client=client, from_offset=from_offset)
         tail = _Tail()
-        spawn: pexpect.fdpexpect.fdspawn[bytes] = pexpect.fdpexpect.fdspawn(
-            sock.fileno(), timeout=30, maxread=65536, encoding=None
-        )
-        spawn.logfile_read = tail
         start = from_offset if from_offset is not None and from_offset >= 0 else int(reply["offset"])
-        return cls(spawn, name=machine.name or "guest", tail=tail, machine=machine, sock=sock, start_offset=start)
+        spawn = GuestSocketSpawn(machine, sock, mode=mode, client=client, offset=start)
+        spawn.logfile_read = tail
+        return cls(spawn, name=machine.name or "guest", tail=tail, machine=machine, start_offset=start)
+
+    @property
+    def offset(self) -> int:
+        """Serial log offset of the next byte this console will receive (guest consoles only)."""
+        if not isinstance(self.spawn, GuestSocketSpawn):
+            raise SerconError(f"{self.name} is not a sercon guest's console: it has no log offset")
+        return self.spawn.offset
+
+    @property
+    def _sock(self) -> socket.socket | None:
+        """The current console socket (a resume replaces it), for raw measurements."""
+        return self.spawn.sock if isinstance(self.spawn, GuestSocketSpawn) else None
 
     @classmethod
     def for_url(cls, url: str, *, baudrate: int = 115200, transcript: Path | None = None) -> Console:
@@ -152,7 +236,7 @@ class Console:
         patterns: list[Any] = list(pattern) if isinstance(pattern, list | tuple) else [pattern]
         compiled: list[Any] = [re.compile(p.encode()) if isinstance(p, str) else p for p in patterns]
         wait = self.default_timeout if timeout is None else timeout
-        if self._sock is not None and all(isinstance(p, re.Pattern) for p in compiled):
+        if isinstance(self.spawn, GuestSocketSpawn) and all(isinstance(p, re.Pattern) for p in compiled):
             return self._expect_socket(compiled, wait, patterns)
         try:
             index: int = self.spawn.expect(compiled, timeout=wait)
@@ -170,7 +254,6 @@ class Console:
         match wins, and `before`, `match`, `after` and `buffer` are left as pexpect leaves them.
         """
         spawn = self.spawn
-        fd = spawn.child_fd
         buffer = bytes(spawn.buffer or b"")
         deadline = time.monotonic() + timeout
         while True:
@@ -185,16 +268,16 @@ class Console:
                 spawn.buffer = buffer[found.end():]
                 return index
             remaining = deadline - time.monotonic()
-            ready = select.select([fd], [], [], max(0.0, remaining))[0] if remaining > 0 else []
-            if not ready:
+            try:
+                if remaining <= 0:
+                    raise pexpect.TIMEOUT("deadline passed")
+                buffer += spawn.read_nonblocking(65536, timeout=remaining)
+            except pexpect.TIMEOUT:
                 spawn.buffer = buffer
-                raise ConsoleTimeout(self._explain("timed out", shown, timeout))
-            data = os.read(fd, 65536)
-            if not data:
+                raise ConsoleTimeout(self._explain("timed out", shown, timeout)) from None
+            except pexpect.EOF:
                 spawn.buffer = buffer
-                raise ConsoleClosed(self._explain("console closed", shown, timeout))
-            self.tail.write(data)
-            buffer += data
+                raise ConsoleClosed(self._explain("console closed", shown, timeout)) from None
 
     def expect_exact(self, text: str | bytes, timeout: float | None = None) -> None:
         data = text.encode() if isinstance(text, str) else text
@@ -203,6 +286,10 @@ class Console:
     def _explain(self, what: str, patterns: list[Any], timeout: float | None) -> str:
         shown = " or ".join(repr(getattr(p, "pattern", p)) for p in patterns)
         message = f"{what} after {timeout or self.default_timeout:.0f}s waiting for {shown} on {self.name}"
+        if what == "console closed" and isinstance(self.spawn, GuestSocketSpawn):
+            message += (f" (the owner closed this {self.spawn.mode} console: taken over, or the guest stopped; "
+                        f"the serial log keeps every byte: Console.for_machine(machine, "
+                        f"from_offset={self.spawn.offset}) reads on from here)")
         if self.machine is not None:
             try:
                 self.machine.check_alive()
@@ -279,8 +366,6 @@ class Console:
             self.spawn.close()
         except (OSError, pexpect.ExceptionPexpect):
             pass
-        if self._sock is not None:
-            self._sock.detach()  # pexpect closed the file descriptor already
 
     def __enter__(self) -> Console:
         return self

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -15,6 +16,7 @@ from emulator import ConsoleBusy, InvalidSysRqKey, Machine
 from emulator.errors import SerconError
 from harness.console import Console
 from harness.linux import CommandTimeout, LinuxShell
+from harness.pytest_plugin import login
 
 pytestmark = pytest.mark.guest
 
@@ -184,3 +186,25 @@ def test_reject_policy_refuses_a_second_session(make_guest: object) -> None:
 def test_unknown_guest_is_a_clear_error(sercon_home: object) -> None:
     with pytest.raises(SerconError, match="no running guest named 'nope'"):
         Machine.attach("nope")
+
+
+def test_a_harness_console_that_fell_behind_resumes_from_its_offset(
+    make_guest: Callable[..., Machine], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The owner drops a client that stops reading while the guest prints more than it buffers
+    (16 MiB; 128 KiB here). The harness console reconnects from its log offset: it gets every byte,
+    in order, and the shell goes on. Without the resume, the next read raised ConsoleClosed (and
+    before that a bare ConnectionResetError)."""
+    monkeypatch.setenv("SERCON_CLIENT_BACKLOG", str(128 * 1024))
+    machine = make_guest()
+    shell = login(machine)
+    start = shell.console.offset
+    received = bytearray()
+    shell.console.tail.hooks.append(received.extend)  # every byte the console reads, as it reads it
+    shell.console.sendline("yes 0123456789abcdefghijklmnopqrstuvwxyz | head -c 1200000; echo; echo END-OF-FLOOD")
+    wait_in_log(machine, rb"\nEND-OF-FLOOD", start, timeout=300)  # all printed, nothing read meanwhile
+    shell.console.expect(re.compile(rb"\nEND-OF-FLOOD"), timeout=60)
+    assert shell.console.spawn.resumed >= 1  # type: ignore[union-attr]
+    log = machine.read_log(start)
+    assert len(received) > 1_200_000 and bytes(received) == log[:len(received)]  # every byte, in order
+    assert shell.run("echo still-here").output == "still-here\n"
