@@ -58,7 +58,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                          disk=_abs(args.disk), image=args.image)
         if args.append_extra:
             spec = spec.replace(append=images._insert_before_console(spec.append, args.append_extra))
-        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, **overrides)
+        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, rfc2217=args.rfc2217,
+                          **overrides)
     else:
         image = args.image or images.DEFAULT_IMAGE
         if args.append:
@@ -66,12 +67,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.append_extra:
             overrides["append_extra"] = args.append_extra
         spec = images.resolve_image(image, **overrides)
-        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot)
+        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, rfc2217=args.rfc2217)
     machine.start()
     info = machine.info()
     print(f"guest {machine.name} is {info['state']} (accelerator {info['accel']}: {info['accel_reason']})")
     print(f"  console:   sercon attach {machine.name}")
-    print(f"  rfc2217:   rfc2217://127.0.0.1:{info.get('rfc2217_port')}")
+    if info.get("rfc2217_port"):
+        print(f"  rfc2217:   rfc2217://127.0.0.1:{info['rfc2217_port']} (UNAUTHENTICATED: any local user can type "
+              "into this console; every connection is recorded in `sercon events`)")
     print(f"  serial log {info['serial_log']}")
     print(f"  sockets:   {machine.folder}/console.sock, {machine.folder}/control.sock")
     if machine.spec and machine.spec.user:
@@ -364,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--accel", choices=("auto", "tcg", "kvm"))
     up.add_argument("--policy", choices=("takeover", "reject"), help="second interactive user: take over or refuse")
     up.add_argument("--from-snapshot", metavar="NAME", help="load a saved snapshot instead of booting")
+    up.add_argument("--rfc2217", action="store_true",
+                    help="also serve COM1 as an RFC 2217 port on 127.0.0.1 (no authentication: any local user "
+                         "can use it; connections are recorded in the events)")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("ls", help="list running guests").set_defaults(func=cmd_ls)

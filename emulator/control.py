@@ -21,13 +21,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ERROR_CLASSES, ControlError, GuestNotRunning, SerconError, UnknownGuest
+from .errors import ControlError, GuestNotRunning, SerconError, UnknownGuest
+from .protocol import decode_reply
 from .serial_log import EventLog, read_log
+from .trust import peer_uid, refusal, trusted_uid
 
 if TYPE_CHECKING:
     from .owner import ConsoleOwner
 
 MAX_LINE = 1024 * 1024
+#: Operations that stop when the requester closes the connection before the answer.
+CANCEL_ON_HANGUP = frozenset({"sysrq"})
+
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass
 
 
 class ControlServer:
@@ -46,8 +58,19 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = peer_uid(writer.get_extra_info("socket"))
+        if not trusted_uid(uid):
+            self.owner.record("control_refused", uid=uid)
+            await _send(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
+            writer.close()
+            return
+        pending: asyncio.Task[bytes] | None = None
         try:
-            while line := await reader.readline():
+            while True:
+                line = await (pending or reader.readline())
+                pending = None
+                if not line:
+                    break
                 try:
                     request = json.loads(line)
                     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -55,17 +78,30 @@ class ControlServer:
                     if request["op"] == "subscribe":
                         await self._subscribe(writer)
                         return
-                    result = await self.dispatch(request)
+                    work = asyncio.ensure_future(self.dispatch(request, uid))
+                    if request["op"] in CANCEL_ON_HANGUP:
+                        # The requester hanging up (an HTTP request that timed out) ends the operation.
+                        pending = asyncio.ensure_future(reader.readline())
+                        await asyncio.wait({work, pending}, return_when=asyncio.FIRST_COMPLETED)
+                        if pending.done() and not pending.result() and not work.done():
+                            work.cancel()
+                            try:
+                                await work
+                            except (asyncio.CancelledError, SerconError):
+                                pass
+                            return
+                    result = await work
                     reply: dict[str, Any] = {"ok": True, "result": result}
                 except SerconError as exc:
                     reply = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, KeyError) as exc:
                     reply = {"ok": False, "error": {"type": "ControlError", "message": f"bad request: {exc}"}}
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
+                await _send(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            if pending is not None:
+                pending.cancel()
             writer.close()
 
     async def _subscribe(self, writer: asyncio.StreamWriter) -> None:
@@ -83,7 +119,7 @@ class ControlServer:
         finally:
             self.owner.subscribers.discard(queue)
 
-    async def dispatch(self, request: dict[str, Any]) -> Any:
+    async def dispatch(self, request: dict[str, Any], uid: int | None = None) -> Any:
         owner, op = self.owner, request["op"]
         if op == "info":
             return owner.info()
@@ -106,7 +142,7 @@ class ControlServer:
         if op == "restore":
             return await owner.restore_snapshot(str(request["name"]))
         if op == "screenshot":
-            return await owner.screenshot(str(request["path"]))
+            return await owner.screenshot(str(request["path"]), uid=uid)
         if op == "log":
             chunk = read_log(owner.serial_log.path, int(request.get("start", 0)), request.get("length"))
             return {"start": chunk.start, "size": chunk.size, "data": base64.b64encode(chunk.data).decode()}
@@ -114,7 +150,7 @@ class ControlServer:
             since = float(request.get("since", 0))
             return [e for e in EventLog.read(owner.events.path) if e["time"] >= since]
         if op == "qmp":
-            return await owner.qmp_passthrough(str(request["command"]), request.get("arguments"))
+            return await owner.qmp_passthrough(str(request["command"]), request.get("arguments"), uid=uid)
         if op == "stop":
             await owner.stop()
             return None
@@ -138,6 +174,10 @@ class ControlClient:
             raise UnknownGuest(
                 f"no guest owner is listening on {self.path} (is the guest up? see `sercon ls`)"
             ) from exc
+        except PermissionError as exc:
+            sock.close()
+            raise UnknownGuest(f"{self.path} belongs to another user: a guest is controlled by its own user "
+                               "and root only") from exc
         return sock
 
     def call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:
@@ -152,11 +192,7 @@ class ControlClient:
             sock.close()
         if reply is None:
             raise GuestNotRunning(f"the guest owner closed the control connection during {op!r}")
-        if reply.get("ok"):
-            return reply.get("result")
-        error = reply.get("error", {})
-        cls = ERROR_CLASSES.get(error.get("type", ""), SerconError)
-        raise cls(error.get("message", "unknown error"))
+        return decode_reply(reply, repr(op))
 
     def subscribe(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield event records as they happen. Stops when the owner goes away."""

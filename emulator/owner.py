@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -31,11 +32,13 @@ from qemu.qmp.error import QMPError
 
 from . import accel as accel_mod
 from . import snapshots
-from .errors import ActionFailed, ConsoleBusy, GuestNotRunning, SerconError, SnapshotError
+from .errors import ActionFailed, ConsoleBusy, GuestNotRunning, InvalidSysRqKey, SerconError, SnapshotError
+from .protocol import encode_data, encode_event
 from .qemu_args import SERIAL_ID, find_qemu, qemu_args
 from .serial_log import EventLog, SerialLog, read_log, tail_lines
 from .spec import GuestSpec
 from .sysrq import parse_keys
+from .trust import private_dir, scrub_label
 
 log = logging.getLogger("sercon.owner")
 
@@ -46,6 +49,10 @@ ClientMode = Literal["read", "interactive", "harness"]
 RESET_DEBOUNCE_S = 1.5
 #: A console client whose socket has this much unsent data is dropped (it can re-read the log).
 CLIENT_BACKLOG_LIMIT = 16 * 1024 * 1024
+#: A client attaching "from offset N" gets at most this much of the log replayed (the rest is in the log).
+REPLAY_MAX = 1024 * 1024
+#: Longest SysRq sequence one request may send (each key is a BREAK on the UART).
+SYSRQ_MAX_KEYS = 32
 PANIC_TEXT = b"Kernel panic - not syncing"
 TAKEOVER_NOTICE = (
     "\r\n[sercon] The serial console connection was closed: {who} took over the console. "
@@ -63,21 +70,38 @@ class ConsoleClient:
     notices: bool = False
     #: Applied to everything sent (the RFC 2217 server doubles IAC bytes here).
     encode: Callable[[bytes], bytes] | None = None
+    #: Framed stream (see emulator.protocol): guest bytes in data frames, session changes as events.
+    framed: bool = False
     connected_at: float = field(default_factory=time.time)
 
     def send(self, data: bytes) -> bool:
-        """Queue data; False if the client is gone or hopelessly behind."""
+        """Queue guest output; False if the client is gone or hopelessly behind."""
         if self.writer.is_closing():
             return False
         transport = self.writer.transport
         if transport.get_write_buffer_size() > CLIENT_BACKLOG_LIMIT:
             return False
-        self.writer.write(self.encode(data) if self.encode else data)
+        if self.framed:
+            self.writer.write(encode_data(data))
+        else:
+            self.writer.write(self.encode(data) if self.encode else data)
         return True
 
+    def event(self, event: dict[str, Any]) -> None:
+        """A session change: an event frame for framed clients, a text notice for raw ones (if asked)."""
+        if self.writer.is_closing():
+            return
+        if self.framed:
+            self.writer.write(encode_event(event))
+        elif event.get("type") == "closed" and event.get("reason") == "takeover":
+            text = TAKEOVER_NOTICE.format(who=event.get("by", "someone")).encode()
+            self.writer.write(self.encode(text) if self.encode else text)
+        elif self.notices and event.get("type") == "notice":
+            text = f"\r\n[sercon] {event.get('text', '')}\r\n".encode()
+            self.writer.write(self.encode(text) if self.encode else text)
+
     def notice(self, text: str) -> None:
-        if self.notices:
-            self.send(f"\r\n[sercon] {text}\r\n".encode())
+        self.event({"type": "notice", "text": text})
 
     def close(self) -> None:
         if not self.writer.is_closing():
@@ -99,7 +123,7 @@ class ConsoleOwner:
         self.name = name
         self.spec = spec
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         self.serial_log = SerialLog(folder / "serial.log")
         self.events = EventLog(folder / "events.jsonl")
         self.qemu_log_path = folder / "qemu.log"
@@ -319,6 +343,8 @@ class ConsoleOwner:
             self._watch_for_panic_text(data)
             for client in list(self.clients):
                 if not client.send(data):
+                    client.event({"type": "closed", "reason": "dropped",
+                                  "text": "this console fell too far behind; the serial log has every byte"})
                     self._drop_client(client, "client too slow or gone")
 
     def _watch_for_panic_text(self, data: bytes) -> None:
@@ -444,15 +470,29 @@ class ConsoleOwner:
             raise ActionFailed(f"QMP {command} failed: {exc}") from exc
 
     async def sysrq(self, keys: str, interval: float = 0.1) -> list[str]:
-        """BREAK then key, once per key; `interval` seconds between keys of a sequence."""
+        """BREAK then key, once per key; `interval` seconds between keys of a sequence.
+
+        At most `SYSRQ_MAX_KEYS` keys; cancelled (the control connection closed), it stops at once
+        and records the keys it did send."""
         sequence = parse_keys(keys)
+        if len(sequence) > SYSRQ_MAX_KEYS:
+            raise InvalidSysRqKey(f"a SysRq sequence has at most {SYSRQ_MAX_KEYS} keys, not {len(sequence)}; "
+                                  "send it in parts")
+        if not 0 <= interval <= 5:
+            raise InvalidSysRqKey(f"the interval between SysRq keys is 0 to 5 seconds, not {interval}")
         self._require_running()
-        for i, key in enumerate(sequence):
-            if i:
-                await asyncio.sleep(interval)
-            await self.send_break()
-            await self._write_serial(key.encode())
-        self.record("sysrq", keys="".join(sequence))
+        sent: list[str] = []
+        try:
+            for i, key in enumerate(sequence):
+                if i:
+                    await asyncio.sleep(interval)
+                await self.send_break()
+                await self._write_serial(key.encode())
+                sent.append(key)
+        except asyncio.CancelledError:
+            self.record("sysrq", keys="".join(sent), cancelled=True, asked="".join(sequence))
+            raise
+        self.record("sysrq", keys="".join(sent))
         return sequence
 
     async def send_break(self) -> None:
@@ -469,6 +509,7 @@ class ConsoleOwner:
         self._reset_reason = "reset (hard, from sercon)"
         was_off = self.state == "off"
         self._reset_seen.clear()
+        self.record("reset")
         await self._qmp("system_reset")
         if was_off:
             await self._resume_after_reset()
@@ -515,17 +556,22 @@ class ConsoleOwner:
         await self.power_on(reason=reason)
         self._notice_all(f"{reason}: powered on, boot {self.boot}")
 
-    async def screenshot(self, path: str) -> str:
+    async def screenshot(self, path: str, uid: int | None = None) -> str:
+        """The screen as PNG at `path`, written by QEMU as this guest's user; recorded with who asked."""
         target = str(Path(path).resolve())
-        await self._qmp("screendump", {"filename": target, "format": "png"})
-        self.record("screenshot", path=target)
+        try:
+            await self._qmp("screendump", {"filename": target, "format": "png"})
+        except SerconError as exc:
+            self.record("screenshot", path=target, uid=uid, ok=False, error=str(exc)[:200])
+            raise
+        self.record("screenshot", path=target, uid=uid, ok=True)
         return target
 
-    async def qmp_passthrough(self, command: str, arguments: dict[str, Any] | None) -> Any:
-        """Any QMP command, for power users (`sercon qmp`); recorded in the event log."""
-        result = await self._qmp(command, arguments or None)
-        self.record("qmp", command=command)
-        return result
+    async def qmp_passthrough(self, command: str, arguments: dict[str, Any] | None, uid: int | None = None) -> Any:
+        """Any QMP command (the whole QEMU monitor), for the guest's own user or root only (the control
+        socket lets no one else in); recorded in the event log with who asked, before it runs."""
+        self.record("qmp", command=command, uid=uid, arguments=json.dumps(arguments)[:300] if arguments else None)
+        return await self._qmp(command, arguments or None)
 
     async def stop(self) -> None:
         """Power off for good and end the owner."""
@@ -535,6 +581,7 @@ class ConsoleOwner:
         self.state = "stopped"
         for client in list(self.clients):
             client.notice("the guest was shut down (sercon down)")
+            client.event({"type": "closed", "reason": "stopped"})
             client.close()
         self.clients.clear()
         self.serial_log.close()
@@ -551,14 +598,17 @@ class ConsoleOwner:
 
     def attach(
         self, mode: ClientMode, label: str, writer: asyncio.StreamWriter, *,
-        from_offset: int | None = None, notices: bool = False, takeover: bool | None = None,
-        greeting: Callable[[int], bytes] | None = None, encode: Callable[[bytes], bytes] | None = None,
+        from_offset: int | None = None, notices: bool = False, takeover: bool | None = None, events: bool = False,
+        replay_max: int | None = None,
+        greeting: Callable[[int, int], bytes] | None = None, encode: Callable[[bytes], bytes] | None = None,
     ) -> ConsoleClient:
         """Register a console client; replays the log from `from_offset` first (negative: from the end).
 
-        `greeting(live_offset)` gives bytes sent before anything else (the console socket's reply line).
+        The replay is at most `REPLAY_MAX` bytes (the newest); `greeting(live_offset, replay_start)`
+        gives bytes sent before anything else (the console socket's reply line).
         """
-        client = ConsoleClient(mode=mode, label=label, writer=writer, notices=notices, encode=encode)
+        label = scrub_label(label)
+        client = ConsoleClient(mode=mode, label=label, writer=writer, notices=notices, encode=encode, framed=events)
         if mode == "interactive":
             current = self.interactive
             if current is not None and not current.writer.is_closing():
@@ -569,14 +619,20 @@ class ConsoleOwner:
                         f"the console of {self.name} is in use by {current.label} and the policy is reject; "
                         "try again when they detach, or attach read-only"
                     )
-                current.send(TAKEOVER_NOTICE.format(who=label).encode())
+                current.event({"type": "closed", "reason": "takeover", "by": label})
                 self.record("console_takeover", client=label, previous=current.label)
                 self._drop_client(current, "taken over")
             self.interactive = client
-        if greeting is not None:
-            client.send(greeting(self.serial_log.size))
+        live = self.serial_log.size
+        replay_start = live
         if from_offset is not None:
-            replay = read_log(self.serial_log.path, from_offset)
+            wanted = from_offset if from_offset >= 0 else live + from_offset
+            cap = REPLAY_MAX if replay_max is None else min(REPLAY_MAX, replay_max)
+            replay_start = min(live, max(0, wanted, live - cap))
+        if greeting is not None:
+            writer.write(greeting(live, replay_start))  # the handshake reply: a line, never framed
+        if replay_start < live:
+            replay = read_log(self.serial_log.path, replay_start, live - replay_start)
             if replay.data:
                 client.send(replay.data)
         self.clients.add(client)
@@ -622,6 +678,7 @@ class ConsoleOwner:
             "clients": sorted(f"{c.label} ({c.mode})" for c in self.clients),
             "image": self.spec.image,
             "snapshot": self.snapshot_meta,
-            "spec": self.spec.__dict__,
+            # The guest password stays in spec.json (0600): info goes to any client of the control socket.
+            "spec": {**self.spec.__dict__, "password": None},
         }
 
