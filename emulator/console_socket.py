@@ -103,7 +103,7 @@ async def _reply(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
 
 def open_console(
     path: Path, mode: str = "harness", *, client: str = "python", from_offset: int | None = None,
-    notices: bool = False, timeout: float = 10.0,
+    notices: bool = False, events: bool = False, timeout: float = 10.0,
 ) -> tuple[socket.socket, dict[str, Any]]:
     """Connect and handshake; returns the raw socket (blocking) and the owner's reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -116,7 +116,7 @@ def open_console(
     except PermissionError as exc:
         sock.close()
         raise UnknownGuest(f"{path} belongs to another user: a guest's console is for its own user and root") from exc
-    sock.sendall(make_hello(mode, client, from_offset=from_offset, notices=notices))
+    sock.sendall(make_hello(mode, client, from_offset=from_offset, notices=notices, events=events))
     line = b""
     while not line.endswith(b"\n"):
         byte = sock.recv(1)

@@ -6,9 +6,9 @@
 `emulator.errors` class name, re-raised as such by `ControlClient`. The op `subscribe` turns the
 connection into a stream of event records (one JSON object a line) until the client closes it.
 
-Ops: info, sysrq(keys, interval), send_break, nmi, reset, restart(timeout), power_cycle, screenshot(path),
-log(start, length), events(since), qmp(command, arguments), snapshot(name, extra), restore(name),
-stop, subscribe.
+The operations, their arguments and who may use them are the table in `emulator.operations`;
+besides them there is `subscribe`. Every request may carry `"by"`: on whose behalf (the gateway
+passes its user), recorded with the caller's uid in every event the operation writes.
 """
 
 from __future__ import annotations
@@ -17,22 +17,20 @@ import asyncio
 import base64
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ControlError, GuestNotRunning, SerconError, UnknownGuest
+from .operations import ACTOR, lookup
 from .protocol import decode_reply
 from .serial_log import EventLog, read_log
-from .trust import peer_uid, refusal, trusted_uid
+from .trust import peer_uid, refusal, scrub_label, trusted_uid
 
 if TYPE_CHECKING:
     from .owner import ConsoleOwner
 
 MAX_LINE = 1024 * 1024
-#: Operations that stop when the requester closes the connection before the answer.
-CANCEL_ON_HANGUP = frozenset({"sysrq"})
-
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     writer.write(json.dumps(message).encode() + b"\n")
@@ -79,7 +77,7 @@ class ControlServer:
                         await self._subscribe(writer)
                         return
                     work = asyncio.ensure_future(self.dispatch(request, uid))
-                    if request["op"] in CANCEL_ON_HANGUP:
+                    if lookup(request["op"]).cancel_on_hangup:
                         # The requester hanging up (an HTTP request that timed out) ends the operation.
                         pending = asyncio.ensure_future(reader.readline())
                         await asyncio.wait({work, pending}, return_when=asyncio.FIRST_COMPLETED)
@@ -120,41 +118,53 @@ class ControlServer:
             self.owner.subscribers.discard(queue)
 
     async def dispatch(self, request: dict[str, Any], uid: int | None = None) -> Any:
-        owner, op = self.owner, request["op"]
-        if op == "info":
+        """Run one request through the operations table: a known operation, checked arguments, and
+        everything it records marked with who asked (the peer's uid, and the gateway's user if any)."""
+        op = lookup(request.get("op"))
+        args = op.parse(request)
+        by = f"uid {uid}" if uid is not None else "owner"
+        if isinstance(request.get("by"), str):
+            by += f" for {scrub_label(request['by'])}"
+        token = ACTOR.set(by)
+        try:
+            return await self.handlers[op.name](args, uid)
+        finally:
+            ACTOR.reset(token)
+
+    @property
+    def handlers(self) -> dict[str, Callable[[dict[str, Any], int | None], Awaitable[Any]]]:
+        """One handler per entry of emulator.operations.OPERATIONS (a unit test checks they match)."""
+        owner = self.owner
+
+        async def info(a: dict[str, Any], uid: int | None) -> Any:
             return owner.info()
-        if op == "sysrq":
-            return await owner.sysrq(str(request.get("keys", "")), float(request.get("interval", 0.1)))
-        if op == "send_break":
+
+        async def log(a: dict[str, Any], uid: int | None) -> Any:
+            chunk = read_log(owner.serial_log.path, a["start"], a["length"])
+            return {"start": chunk.start, "size": chunk.size, "data": base64.b64encode(chunk.data).decode()}
+
+        async def events(a: dict[str, Any], uid: int | None) -> Any:
+            return [e for e in EventLog.read(owner.events.path) if e["time"] >= a["since"]]
+
+        async def send_break(a: dict[str, Any], uid: int | None) -> Any:
             await owner.send_break()
             owner.record("break", source="control")
-            return None
-        if op == "nmi":
-            return await owner.nmi()
-        if op == "reset":
-            return await owner.reset()
-        if op == "restart":
-            return await owner.restart(float(request.get("timeout", 60)))
-        if op == "power_cycle":
-            return await owner.power_cycle()
-        if op == "snapshot":
-            return await owner.save_snapshot(str(request["name"]), request.get("extra"))
-        if op == "restore":
-            return await owner.restore_snapshot(str(request["name"]))
-        if op == "screenshot":
-            return await owner.screenshot(str(request["path"]), uid=uid)
-        if op == "log":
-            chunk = read_log(owner.serial_log.path, int(request.get("start", 0)), request.get("length"))
-            return {"start": chunk.start, "size": chunk.size, "data": base64.b64encode(chunk.data).decode()}
-        if op == "events":
-            since = float(request.get("since", 0))
-            return [e for e in EventLog.read(owner.events.path) if e["time"] >= since]
-        if op == "qmp":
-            return await owner.qmp_passthrough(str(request["command"]), request.get("arguments"), uid=uid)
-        if op == "stop":
+
+        async def stop(a: dict[str, Any], uid: int | None) -> Any:
             await owner.stop()
-            return None
-        raise ControlError(f"unknown op {op!r}")
+
+        return {
+            "info": info, "log": log, "events": events, "send_break": send_break, "stop": stop,
+            "sysrq": lambda a, uid: owner.sysrq(a["keys"], a["interval"]),
+            "nmi": lambda a, uid: owner.nmi(),
+            "reset": lambda a, uid: owner.reset(),
+            "restart": lambda a, uid: owner.restart(a["timeout"]),
+            "power_cycle": lambda a, uid: owner.power_cycle(),
+            "snapshot": lambda a, uid: owner.save_snapshot(a["name"], a["extra"]),
+            "restore": lambda a, uid: owner.restore_snapshot(a["name"]),
+            "screenshot": lambda a, uid: owner.screenshot(a["path"], uid=uid),
+            "qmp": lambda a, uid: owner.qmp_passthrough(a["command"], a["arguments"], uid=uid),
+        }
 
 
 class ControlClient:

@@ -35,6 +35,7 @@ from .console_socket import open_console
 from .control import ControlClient
 from .errors import ERROR_CLASSES, GuestDied, GuestExists, SerconError, UnknownGuest
 from .images import DEFAULT_IMAGE, resolve_image
+from .operations import lookup
 from .qemu_args import find_qemu
 from .serial_log import EventLog, read_log, tail_lines
 from .spec import GuestSpec
@@ -212,8 +213,13 @@ class Machine:
             raise UnknownGuest("this Machine has not been started")
         return ControlClient(self.folder / "control.sock")
 
-    def _call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:
-        return self._control().call(op, io_timeout=io_timeout, **args)
+    def call(self, op: str, **args: Any) -> Any:
+        """Any operation of `emulator.operations.OPERATIONS` by name (`power_cycle` or `power-cycle`),
+        waiting as long as the table says; the methods below are its typed spellings."""
+        entry = lookup(op)
+        return self._control().call(entry.name, io_timeout=entry.timeout(args), **args)
+
+    _call = call
 
     def info(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("info")
@@ -249,23 +255,23 @@ class Machine:
 
     def restart(self, timeout: float = 60.0) -> None:
         """Graceful restart through the ACPI power button; raises ActionFailed if the guest ignores it."""
-        self._call("restart", io_timeout=timeout + 30, timeout=timeout)
+        self._call("restart", timeout=timeout)
 
     def power_cycle(self) -> None:
         """Stop the QEMU process and start a new one; same console, same log."""
-        self._call("power_cycle", io_timeout=90)
+        self._call("power_cycle")
 
     def snapshot(self, name: str, **extra: Any) -> dict[str, Any]:
         """Save the whole running state as snapshot `name` (JSON-able `extra` is kept with it).
 
         New guests start from it with `Machine(spec, from_snapshot=name)`; see emulator/snapshots.py.
         """
-        meta: dict[str, Any] = self._call("snapshot", io_timeout=300, name=name, extra=extra)
+        meta: dict[str, Any] = self._call("snapshot", name=name, extra=extra)
         return meta
 
     def restore(self, name: str) -> None:
         """Replace this guest's QEMU by one loaded from snapshot `name`; consoles stay attached."""
-        self._call("restore", io_timeout=120, name=name)
+        self._call("restore", name=name)
 
     def screenshot(self, path: str | os.PathLike[str]) -> Path:
         return Path(self._call("screenshot", path=str(Path(path).resolve())))
@@ -292,10 +298,11 @@ class Machine:
     def log_tail(self, lines: int = 15) -> str:
         return tail_lines(self.serial_log_path, lines)
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Event records (boots, actions, console sessions, refusals) at or after Unix time `since`."""
         if self.folder is None:
             return []
-        return EventLog.read(self.folder / "events.jsonl")
+        return [e for e in EventLog.read(self.folder / "events.jsonl") if e["time"] >= since]
 
     def wait_for_event(
         self, match: Callable[[dict[str, Any]], bool] | str, timeout: float = 60.0, since: float | None = None
@@ -332,12 +339,15 @@ class Machine:
     # --------------------------------------------------------------- console
 
     def open_console(self, mode: str = "harness", *, client: str | None = None, from_offset: int | None = None,
-                     notices: bool = False) -> tuple[socket.socket, dict[str, Any]]:
-        """A raw console socket (after the handshake) and the owner's reply ({"offset": ...})."""
+                     notices: bool = False, events: bool = False) -> tuple[socket.socket, dict[str, Any]]:
+        """A console socket (after the handshake) and the owner's reply ({"offset": ...}).
+
+        With `events` the stream is framed (emulator.protocol.FrameDecoder): guest bytes in data
+        frames, session changes (takeover, stop) as events; without, the guest's raw bytes."""
         if self.folder is None:
             raise UnknownGuest("this Machine has not been started")
         return open_console(self.folder / "console.sock", mode, client=client or f"python:{os.getpid()}",
-                            from_offset=from_offset, notices=notices)
+                            from_offset=from_offset, notices=notices, events=events)
 
     def __repr__(self) -> str:
         return f"Machine(name={self.name!r}, image={self.spec.image if self.spec else None!r})"

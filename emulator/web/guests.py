@@ -28,6 +28,7 @@ from ..errors import (
 )
 from ..images import resolve_image
 from ..machine import Machine
+from ..operations import Operation, gateway_operations, lookup
 from ..owner import SYSRQ_MAX_KEYS
 from ..protocol import Frame, FrameDecoder, decode_reply, make_hello
 from ..serial_log import LogChunk, read_log
@@ -36,6 +37,8 @@ from .audit import AuditLog
 from .auth import PasswordChecker, RateLimiter
 from .fleet import Fleet, Vm
 
+_EXAMPLES = {"sysrq": '{"keys": "h"} (one key) or {"keys": "reisub"} (a sequence)',
+             "restart": '{"timeout": SECONDS} from 1 to 600 (default 60)'}
 #: The Azure console's paste cap.
 PASTE_CAP = 2048
 #: Largest serial-log page one request returns.
@@ -45,7 +48,8 @@ REPLAY_MAX = 256 * 1024
 #: Open consoles one user may hold (all VMs), and one VM may serve (all users).
 CONSOLES_PER_USER = 8
 CONSOLES_PER_VM = 16
-ACTIONS = {"restart": "power", "reset": "power", "power-cycle": "power", "nmi": "nmi", "sysrq": "sysrq"}
+#: The actions the gateway offers (`POST /api/vms/{vm}/{name}`), from the operations table.
+ACTIONS: dict[str, Operation] = gateway_operations()
 
 
 class AccessError(SerconError):
@@ -254,8 +258,11 @@ class FleetHost:
     def folder(self, vm: Vm) -> Path:
         return paths.guest_dir(vm.guest_name)
 
-    async def control(self, vm: Vm, op: str, wait: float = 60.0, **args: Any) -> Any:
-        """One control-socket request; `wait` is how long to wait for the answer."""
+    async def control(self, vm: Vm, op: str, by: str | None = None, **args: Any) -> Any:
+        """One control-socket request (the operations table gives how long to wait for the answer);
+        `by` says for whom, and the owner records it with every event the operation writes."""
+        entry = lookup(op)
+        wait = entry.timeout(args)
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.folder(vm) / "control.sock"),
                                                                 limit=16 * 1024 * 1024)
@@ -263,7 +270,7 @@ class FleetHost:
             raise GuestNotRunning(f"{vm.name}: its owner process is not running (start the fleet again, "
                                   f"or `sercon up --name {vm.guest_name}`)") from exc
         try:
-            writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            writer.write(json.dumps({"op": entry.name, **args, **({"by": by} if by else {})}).encode() + b"\n")
             line = await asyncio.wait_for(reader.readline(), wait)
         except TimeoutError as exc:
             raise ActionFailed(f"{vm.name}: {op} did not finish within {wait:.0f}s") from exc
@@ -275,49 +282,39 @@ class FleetHost:
 
     async def info(self, vm: Vm) -> dict[str, Any]:
         try:
-            result: dict[str, Any] = await self.control(vm, "info", wait=10)
+            result: dict[str, Any] = await self.control(vm, "info")
             return result
         except SerconError as exc:
             return {"state": "unreachable", "error": str(exc)}
 
     async def action(self, user: str, name: str, action: str, source: str, via: str,
                      body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Power, NMI or SysRq on a VM, authorized and audited."""
-        if action not in ACTIONS:
+        """An operation of the table offered by the gateway (power, SysRq, NMI, BREAK), authorized by
+        its permission, its arguments checked by the table, audited."""
+        op = ACTIONS.get(action)
+        if op is None or op.permission is None:
             raise AccessError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404, "unknown_action")
-        vm = self.authorize(user, name, ACTIONS[action], source, via)
+        vm = self.authorize(user, name, op.permission, source, via)
         body = body or {}
         fields: dict[str, Any] = {}
-        if action == "sysrq":
-            keys = body.get("keys")
-            if not isinstance(keys, str):
-                raise AccessError('sysrq needs {"keys": "h"} (one key) or {"keys": "reisub"} (a sequence)', 422,
-                                  "invalid_sysrq_key")
+        try:
+            args = op.parse({k: v for k, v in body.items() if k != "interval"})
+        except ControlError as exc:
+            code = {"sysrq": "invalid_sysrq_key", "restart": "bad_timeout"}.get(op.name, "bad_body")
+            raise AccessError(f"{exc}; for example {_EXAMPLES.get(op.name, '{}')}", 422, code) from exc
+        if op.name == "sysrq":
             try:
-                parsed = parse_keys(keys)
+                parsed = parse_keys(args["keys"])
                 if len(parsed) > SYSRQ_MAX_KEYS:
                     raise InvalidSysRqKey(f"a SysRq sequence has at most {SYSRQ_MAX_KEYS} keys, not {len(parsed)}")
-                fields["keys"] = "".join(parsed)
+                args["keys"] = fields["keys"] = "".join(parsed)
             except InvalidSysRqKey:
                 self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
-                                 error="invalid key", keys=keys[:40])
+                                 error="invalid key", keys=args["keys"][:40])
                 raise
-        timeout = body.get("timeout", 60)
-        if action == "restart" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not 1 <= timeout <= 600):
-            raise AccessError('restart takes {"timeout": SECONDS} from 1 to 600 (default 60)', 422, "bad_timeout")
         started = time.monotonic()
         try:
-            if action == "sysrq":
-                result = await self.control(vm, "sysrq", keys=fields["keys"], interval=0.1)
-            elif action == "nmi":
-                result = await self.control(vm, "nmi")
-            elif action == "reset":
-                result = await self.control(vm, "reset")
-            elif action == "restart":
-                result = await self.control(vm, "restart", wait=timeout + 30, timeout=timeout)
-            else:
-                result = await self.control(vm, "power_cycle", wait=120)
+            result = await self.control(vm, op.name, by=f"{via}:{user}@{source}", **args)
         except SerconError as exc:
             self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
                              error=str(exc)[:300], **fields)
@@ -336,7 +333,7 @@ class FleetHost:
     async def screenshot(self, vm: Vm) -> bytes:
         target = self.state_dir / "screenshots" / f"{vm.guest_name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        await self.control(vm, "screenshot", path=str(target))
+        await self.control(vm, "screenshot", by=f"gateway:{vm.name}", path=str(target))
         return target.read_bytes()
 
     # ------------------------------------------------------------ console socket

@@ -27,7 +27,7 @@ from aiohttp import WSMsgType, web
 from ..errors import SerconError
 from .auth import SESSION_LIFETIME, RateLimiter, Session, Sessions
 from .bridge import End, Input, Keepalive, ToGuest, run_bridge
-from .guests import PASTE_CAP, AccessError, ConsoleConnection, FleetHost, status_of
+from .guests import ACTIONS, PASTE_CAP, AccessError, ConsoleConnection, FleetHost, status_of
 
 STATIC = Path(__file__).resolve().parent / "static"
 NODE_MODULES = Path(__file__).resolve().parent / "node_modules"
@@ -440,7 +440,7 @@ def make_app(host: FleetHost) -> web.Application:
     r.add_get("/api/session", console.whoami)
     r.add_get("/api/vms", console.list_vms)
     r.add_get("/api/vms/" + VM_PATTERN, console.get_vm)
-    r.add_post("/api/vms/" + VM_PATTERN + "/{action:restart|reset|power-cycle|nmi|sysrq}", console.post_action)
+    r.add_post("/api/vms/" + VM_PATTERN + "/{action:" + "|".join(ACTIONS) + "}", console.post_action)
     r.add_post("/api/vms/" + VM_PATTERN + "/console", console.set_console)
     r.add_get("/api/vms/" + VM_PATTERN + "/serial-log", console.serial_log)
     r.add_get("/api/vms/" + VM_PATTERN + "/serial-log/{download:download}", console.serial_log)

@@ -181,7 +181,13 @@ def test_sysrq_stops_when_its_request_ends(served: Served) -> None:
     assert done and done[0].get("cancelled") is True and len(done[0]["keys"]) < 32, done
 
 
-@pytest.mark.skipif(not shutil.which("ssh"), reason="the OpenSSH client is not installed")
+def openssh() -> str:
+    path = shutil.which("ssh")
+    if path is None:
+        pytest.fail("the OpenSSH client is missing: apt-get install openssh-client (in the Makefile's APT_PACKAGES)")
+    return path
+
+
 @pytest.mark.parametrize("option", ["KexAlgorithms=diffie-hellman-group14-sha1",
                                     "KexAlgorithms=diffie-hellman-group-exchange-sha1",
                                     "MACs=hmac-sha1", "Ciphers=aes128-cbc",
@@ -192,7 +198,7 @@ def test_ssh_offers_no_sha1_or_cbc(served: Served, option: str) -> None:
     Before: asyncssh's defaults still offered SHA-1 key exchange and MACs, so those connected."""
     extra = ["-o", "Ciphers=aes128-ctr"] if option.startswith("MACs") else []
     proc = subprocess.run(
-        ["ssh", "-p", str(served.info["ssh_port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        [openssh(), "-p", str(served.info["ssh_port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "-o", option, *extra,
          "bob+web1@127.0.0.1", "true"],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
@@ -203,7 +209,7 @@ def test_ssh_offers_no_sha1_or_cbc(served: Served, option: str) -> None:
 
 def test_ssh_modern_algorithms_still_connect(served: Served) -> None:
     proc = subprocess.run(
-        ["ssh", "-p", str(served.info["ssh_port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+        [openssh(), "-p", str(served.info["ssh_port"]), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
          "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=20", "bob+web1@127.0.0.1", "true"],
         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )
