@@ -7,9 +7,10 @@ STAMP       := $(VENV)/.sercon-installed
 PYTEST_ARGS ?=
 # Debian packages the tests need: QEMU (with qemu-img), openssl (hashes guest passwords),
 # mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
-# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest).
+# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest), openssh-client (the
+# SSH gateway tests use the real OpenSSH client).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
-                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio openssh-client
 
 .PHONY: setup system-packages images test test-unit test-linux test-windows lint bench clean clean-cache
 

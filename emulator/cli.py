@@ -4,7 +4,7 @@
     sercon ls                            running guests
     sercon attach N [--read-only]        raw terminal; Ctrl+] for the menu (SysRq, NMI, reset, ...)
     sercon sysrq N KEYS                  BREAK + key, per key ("h", "reisub")
-    sercon nmi|reset|restart|power-cycle N
+    sercon nmi|reset|restart|power-cycle|send-break N   (these from the operations table)
     sercon log N [--start OFF] [--follow]
     sercon events N
     sercon screenshot N FILE.png
@@ -33,9 +33,12 @@ from . import images, paths
 from .errors import ConsoleBusy, SerconError, UnknownGuest
 from .escape import Command, Data, EscapeParser, Unknown, help_text
 from .machine import Machine
+from .operations import OPERATIONS, lookup
+from .protocol import FrameDecoder
 from .qemu_args import find_qemu
 from .serial_log import read_log
 from .sysrq import parse_keys
+from .trust import scrub_label
 
 
 def _machine(name: str) -> Machine:
@@ -58,7 +61,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                          disk=_abs(args.disk), image=args.image)
         if args.append_extra:
             spec = spec.replace(append=images._insert_before_console(spec.append, args.append_extra))
-        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, **overrides)
+        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, rfc2217=args.rfc2217,
+                          **overrides)
     else:
         image = args.image or images.DEFAULT_IMAGE
         if args.append:
@@ -66,12 +70,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         if args.append_extra:
             overrides["append_extra"] = args.append_extra
         spec = images.resolve_image(image, **overrides)
-        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot)
+        machine = Machine(spec, name=args.name, from_snapshot=args.from_snapshot, rfc2217=args.rfc2217)
     machine.start()
     info = machine.info()
     print(f"guest {machine.name} is {info['state']} (accelerator {info['accel']}: {info['accel_reason']})")
     print(f"  console:   sercon attach {machine.name}")
-    print(f"  rfc2217:   rfc2217://127.0.0.1:{info.get('rfc2217_port')}")
+    if info.get("rfc2217_port"):
+        print(f"  rfc2217:   rfc2217://127.0.0.1:{info['rfc2217_port']} (UNAUTHENTICATED: any local user can type "
+              "into this console; every connection is recorded in `sercon events`)")
     print(f"  serial log {info['serial_log']}")
     print(f"  sockets:   {machine.folder}/console.sock, {machine.folder}/control.sock")
     if machine.spec and machine.spec.user:
@@ -99,25 +105,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sysrq(args: argparse.Namespace) -> int:
-    parse_keys(args.keys)  # a bad key is reported before contacting the guest
-    sent = _machine(args.name).sysrq(args.keys)
-    print(f"sent SysRq {''.join(sent)} to {args.name}")
-    return 0
-
-
-def cmd_simple(args: argparse.Namespace) -> int:
+def cmd_operation(args: argparse.Namespace) -> int:
+    """The simple operations (emulator.operations, simple_cli): arguments as the table gives them."""
+    op = lookup(args.command)
+    kwargs = {arg.name: getattr(args, arg.name) for arg in op.args}
+    if op.name == "sysrq":
+        parse_keys(args.keys)  # a bad key is reported before contacting the guest
     machine = _machine(args.name)
-    action = args.command
-    if action == "nmi":
-        machine.nmi()
-    elif action == "reset":
-        machine.reset()
-    elif action == "restart":
-        machine.restart(timeout=args.timeout)
-    elif action == "power-cycle":
-        machine.power_cycle()
-    print(f"{action}: done ({args.name}, boot {machine.boot})")
+    result = machine.call(op.name, **kwargs)
+    if op.name == "sysrq":
+        print(f"sent SysRq {''.join(result)} to {args.name}")
+    else:
+        print(f"{op.cli_name}: done ({args.name}, boot {machine.boot})")
     return 0
 
 
@@ -238,7 +237,7 @@ def _attach_once(machine: Machine, mode: str, replay: int) -> str:
     from_offset = -replay if replay else None
     try:
         sock, _reply = machine.open_console(mode, client=f"cli:{os.environ.get('USER', 'user')}:{os.getpid()}",
-                                            from_offset=from_offset, notices=True)
+                                            from_offset=from_offset, notices=True, events=True)
     except ConsoleBusy as exc:
         raise SerconError(f"{exc}") from None
     stdin, stdout = sys.stdin.fileno(), sys.stdout.fileno()
@@ -246,6 +245,8 @@ def _attach_once(machine: Machine, mode: str, replay: int) -> str:
     saved = termios.tcgetattr(stdin) if is_tty else None
     _write(stdout, f"[sercon] attached to {machine.name} ({mode}); Ctrl+] ? for the menu, Ctrl+] q to detach\r\n")
     parser = EscapeParser()
+    frames = FrameDecoder()
+    closed: dict[str, Any] = {}
     try:
         if is_tty:
             tty.setraw(stdin)
@@ -254,8 +255,15 @@ def _attach_once(machine: Machine, mode: str, replay: int) -> str:
             if sock in ready:
                 data = sock.recv(65536)
                 if not data:
-                    return _after_disconnect(machine, stdin, stdout, saved)
-                _write(stdout, data)
+                    return _after_disconnect(machine, stdin, stdout, saved, closed)
+                # Guest bytes arrive in data frames; session changes as events the guest cannot forge.
+                for frame in frames.feed(data):
+                    if frame.kind == "data":
+                        _write(stdout, frame.data)
+                    elif frame.event and frame.event.get("type") == "closed":
+                        closed = frame.event
+                    elif frame.event and frame.event.get("type") == "notice":
+                        _write(stdout, f"\r\n[sercon] {scrub_label(frame.event.get('text', ''))}\r\n")
             if stdin in ready:
                 typed = os.read(stdin, 4096)
                 if not typed:
@@ -276,11 +284,15 @@ def _attach_once(machine: Machine, mode: str, replay: int) -> str:
         sock.close()
 
 
-def _after_disconnect(machine: Machine, stdin: int, stdout: int, saved: list[Any] | None) -> str:
+def _after_disconnect(machine: Machine, stdin: int, stdout: int, saved: list[Any] | None,
+                      closed: dict[str, Any]) -> str:
+    why = {"takeover": f": {scrub_label(closed.get('by', 'someone'))} took over the console",
+           "stopped": ": the guest was shut down", "dropped": ": it fell too far behind (the log has every byte)",
+           }.get(str(closed.get("reason")), "")
     if saved is None or not machine.is_running():
-        _write(stdout, "\r\n[sercon] the console connection was closed\r\n")
+        _write(stdout, f"\r\n[sercon] the console connection was closed{why}\r\n")
         return "quit"
-    _write(stdout, "\r\n[sercon] The serial console connection was closed. To reconnect, press Enter "
+    _write(stdout, f"\r\n[sercon] The serial console connection was closed{why}. To reconnect, press Enter "
                    "(any other key quits).\r\n")
     key = os.read(stdin, 1)
     return "reconnect" if key in (b"\r", b"\n") else "quit"
@@ -364,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--accel", choices=("auto", "tcg", "kvm"))
     up.add_argument("--policy", choices=("takeover", "reject"), help="second interactive user: take over or refuse")
     up.add_argument("--from-snapshot", metavar="NAME", help="load a saved snapshot instead of booting")
+    up.add_argument("--rfc2217", action="store_true",
+                    help="also serve COM1 as an RFC 2217 port on 127.0.0.1 (no authentication: any local user "
+                         "can use it; connections are recorded in the events)")
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("ls", help="list running guests").set_defaults(func=cmd_ls)
@@ -374,19 +389,19 @@ def build_parser() -> argparse.ArgumentParser:
     attach.add_argument("--replay", type=int, default=1024, help="show this many bytes of recent output first")
     attach.set_defaults(func=cmd_attach)
 
-    sysrq = sub.add_parser("sysrq", help="send SysRq (BREAK + key, per key)")
-    sysrq.add_argument("name")
-    sysrq.add_argument("keys", help="one key (h) or a sequence (reisub)")
-    sysrq.set_defaults(func=cmd_sysrq)
-
-    for action, text in (("nmi", "inject an NMI"), ("reset", "hard reset (console stays connected)"),
-                         ("restart", "graceful restart (ACPI power button)"),
-                         ("power-cycle", "end the QEMU process and start a new one")):
-        p = sub.add_parser(action, help=text)
+    for op in OPERATIONS.values():
+        if not op.simple_cli:
+            continue
+        p = sub.add_parser(op.cli_name, help=op.summary)
         p.add_argument("name")
-        if action == "restart":
-            p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the guest to power off")
-        p.set_defaults(func=cmd_simple)
+        for arg in op.args:
+            kind = {"str": str, "int": int, "float": float}[arg.kind]
+            if arg.required:
+                p.add_argument(arg.name, type=kind, help=arg.help)
+            else:
+                p.add_argument(f"--{arg.name.replace('_', '-')}", dest=arg.name, type=kind, default=arg.default,
+                               help=f"{arg.help} (default {arg.default})")
+        p.set_defaults(func=cmd_operation)
 
     log = sub.add_parser("log", help="print the serial log")
     log.add_argument("name")

@@ -18,12 +18,14 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ERROR_CLASSES, ConsoleBusy, ControlError, SerconError, UnknownGuest
+from .errors import ConsoleBusy, ControlError, SerconError, UnknownGuest
+from .protocol import MODES, Hello, decode_reply, error_reply, make_hello, parse_hello
+from .trust import peer_uid, refusal, trusted_uid
 
 if TYPE_CHECKING:
     from .owner import ConsoleOwner
 
-MODES = ("read", "interactive", "harness")
+__all__ = ["MODES", "ConsoleServer", "open_console", "serve_console_client"]
 
 
 class ConsoleServer:
@@ -42,31 +44,38 @@ class ConsoleServer:
         self.path.unlink(missing_ok=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = peer_uid(writer.get_extra_info("socket"))
+        if not trusted_uid(uid):
+            self.owner.record("console_refused", uid=uid, reason="peer uid")
+            await _reply(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
+            writer.close()
+            return
         try:
-            hello = json.loads(await asyncio.wait_for(reader.readline(), timeout=10))
-            if not isinstance(hello, dict) or hello.get("mode") not in MODES:
-                raise ControlError(f"console handshake needs a mode, one of {', '.join(MODES)}")
-        except (TimeoutError, ValueError, ConnectionError, ControlError) as exc:
-            await _reply(writer, {"ok": False, "error": {"type": "ControlError", "message": f"bad handshake: {exc}"}})
+            hello = parse_hello(await asyncio.wait_for(reader.readline(), timeout=10))
+        except ControlError as exc:
+            await _reply(writer, error_reply(exc))
+            writer.close()
+            return
+        except (TimeoutError, ValueError, ConnectionError) as exc:
+            await _reply(writer, error_reply(ControlError(f"bad handshake: {exc or 'no hello line within 10 s'}")))
             writer.close()
             return
         await serve_console_client(self.owner, reader, writer, hello)
 
 
 async def serve_console_client(
-    owner: ConsoleOwner, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: dict[str, Any]
+    owner: ConsoleOwner, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: Hello
 ) -> None:
     """Attach one client per its hello, then pump its keystrokes until it goes away."""
-    from_offset = hello.get("from_offset")
     try:
         client = owner.attach(
-            hello["mode"], str(hello.get("client", "anonymous"))[:80], writer,
-            from_offset=int(from_offset) if from_offset is not None else None,
-            notices=bool(hello.get("notices", False)),
-            greeting=lambda offset: json.dumps({"ok": True, "offset": offset, "state": owner.state}).encode() + b"\n",
+            hello.mode, hello.client, writer, from_offset=hello.from_offset, notices=hello.notices,  # type: ignore[arg-type]
+            events=hello.events, replay_max=hello.replay_max,
+            greeting=lambda offset, replay: json.dumps(
+                {"ok": True, "offset": offset, "replay_from": replay, "state": owner.state}).encode() + b"\n",
         )
     except SerconError as exc:
-        await _reply(writer, {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}})
+        await _reply(writer, error_reply(exc))
         writer.close()
         return
     try:
@@ -94,7 +103,7 @@ async def _reply(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
 
 def open_console(
     path: Path, mode: str = "harness", *, client: str = "python", from_offset: int | None = None,
-    notices: bool = False, timeout: float = 10.0,
+    notices: bool = False, events: bool = False, timeout: float = 10.0,
 ) -> tuple[socket.socket, dict[str, Any]]:
     """Connect and handshake; returns the raw socket (blocking) and the owner's reply."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -104,8 +113,10 @@ def open_console(
     except (FileNotFoundError, ConnectionRefusedError) as exc:
         sock.close()
         raise UnknownGuest(f"no console is listening on {path} (is the guest up? see `sercon ls`)") from exc
-    hello = {"mode": mode, "client": client, "from_offset": from_offset, "notices": notices}
-    sock.sendall(json.dumps(hello).encode() + b"\n")
+    except PermissionError as exc:
+        sock.close()
+        raise UnknownGuest(f"{path} belongs to another user: a guest's console is for its own user and root") from exc
+    sock.sendall(make_hello(mode, client, from_offset=from_offset, notices=notices, events=events))
     line = b""
     while not line.endswith(b"\n"):
         byte = sock.recv(1)
@@ -113,10 +124,10 @@ def open_console(
             sock.close()
             raise ConsoleBusy("the console closed the connection during the handshake")
         line += byte
-    reply = json.loads(line)
-    if not reply.get("ok"):
+    try:
+        reply: dict[str, Any] = decode_reply(json.loads(line), "the console handshake")
+    except (SerconError, ValueError):
         sock.close()
-        error = reply.get("error", {})
-        raise ERROR_CLASSES.get(error.get("type", ""), SerconError)(error.get("message", "console refused"))
+        raise
     sock.settimeout(None)
     return sock, reply

@@ -6,9 +6,9 @@
 `emulator.errors` class name, re-raised as such by `ControlClient`. The op `subscribe` turns the
 connection into a stream of event records (one JSON object a line) until the client closes it.
 
-Ops: info, sysrq(keys, interval), send_break, nmi, reset, restart(timeout), power_cycle, screenshot(path),
-log(start, length), events(since), qmp(command, arguments), snapshot(name, extra), restore(name),
-stop, subscribe.
+The operations, their arguments and who may use them are the table in `emulator.operations`;
+besides them there is `subscribe`. Every request may carry `"by"`: on whose behalf (the gateway
+passes its user), recorded with the caller's uid in every event the operation writes.
 """
 
 from __future__ import annotations
@@ -17,17 +17,27 @@ import asyncio
 import base64
 import json
 import socket
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ERROR_CLASSES, ControlError, GuestNotRunning, SerconError, UnknownGuest
+from .errors import ControlError, GuestNotRunning, SerconError, UnknownGuest
+from .operations import ACTOR, lookup
+from .protocol import decode_reply
 from .serial_log import EventLog, read_log
+from .trust import peer_uid, refusal, scrub_label, trusted_uid
 
 if TYPE_CHECKING:
     from .owner import ConsoleOwner
 
 MAX_LINE = 1024 * 1024
+
+async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    writer.write(json.dumps(message).encode() + b"\n")
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass
 
 
 class ControlServer:
@@ -46,8 +56,19 @@ class ControlServer:
         self.path.unlink(missing_ok=True)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        uid = peer_uid(writer.get_extra_info("socket"))
+        if not trusted_uid(uid):
+            self.owner.record("control_refused", uid=uid)
+            await _send(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
+            writer.close()
+            return
+        pending: asyncio.Task[bytes] | None = None
         try:
-            while line := await reader.readline():
+            while True:
+                line = await (pending or reader.readline())
+                pending = None
+                if not line:
+                    break
                 try:
                     request = json.loads(line)
                     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
@@ -55,17 +76,30 @@ class ControlServer:
                     if request["op"] == "subscribe":
                         await self._subscribe(writer)
                         return
-                    result = await self.dispatch(request)
+                    work = asyncio.ensure_future(self.dispatch(request, uid))
+                    if lookup(request["op"]).cancel_on_hangup:
+                        # The requester hanging up (an HTTP request that timed out) ends the operation.
+                        pending = asyncio.ensure_future(reader.readline())
+                        await asyncio.wait({work, pending}, return_when=asyncio.FIRST_COMPLETED)
+                        if pending.done() and not pending.result() and not work.done():
+                            work.cancel()
+                            try:
+                                await work
+                            except (asyncio.CancelledError, SerconError):
+                                pass
+                            return
+                    result = await work
                     reply: dict[str, Any] = {"ok": True, "result": result}
                 except SerconError as exc:
                     reply = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
-                except (ValueError, TypeError) as exc:
+                except (ValueError, TypeError, KeyError) as exc:
                     reply = {"ok": False, "error": {"type": "ControlError", "message": f"bad request: {exc}"}}
-                writer.write(json.dumps(reply).encode() + b"\n")
-                await writer.drain()
+                await _send(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:
+            if pending is not None:
+                pending.cancel()
             writer.close()
 
     async def _subscribe(self, writer: asyncio.StreamWriter) -> None:
@@ -83,42 +117,54 @@ class ControlServer:
         finally:
             self.owner.subscribers.discard(queue)
 
-    async def dispatch(self, request: dict[str, Any]) -> Any:
-        owner, op = self.owner, request["op"]
-        if op == "info":
+    async def dispatch(self, request: dict[str, Any], uid: int | None = None) -> Any:
+        """Run one request through the operations table: a known operation, checked arguments, and
+        everything it records marked with who asked (the peer's uid, and the gateway's user if any)."""
+        op = lookup(request.get("op"))
+        args = op.parse(request)
+        by = f"uid {uid}" if uid is not None else "owner"
+        if isinstance(request.get("by"), str):
+            by += f" for {scrub_label(request['by'])}"
+        token = ACTOR.set(by)
+        try:
+            return await self.handlers[op.name](args, uid)
+        finally:
+            ACTOR.reset(token)
+
+    @property
+    def handlers(self) -> dict[str, Callable[[dict[str, Any], int | None], Awaitable[Any]]]:
+        """One handler per entry of emulator.operations.OPERATIONS (a unit test checks they match)."""
+        owner = self.owner
+
+        async def info(a: dict[str, Any], uid: int | None) -> Any:
             return owner.info()
-        if op == "sysrq":
-            return await owner.sysrq(str(request.get("keys", "")), float(request.get("interval", 0.1)))
-        if op == "send_break":
+
+        async def log(a: dict[str, Any], uid: int | None) -> Any:
+            chunk = read_log(owner.serial_log.path, a["start"], a["length"])
+            return {"start": chunk.start, "size": chunk.size, "data": base64.b64encode(chunk.data).decode()}
+
+        async def events(a: dict[str, Any], uid: int | None) -> Any:
+            return [e for e in EventLog.read(owner.events.path) if e["time"] >= a["since"]]
+
+        async def send_break(a: dict[str, Any], uid: int | None) -> Any:
             await owner.send_break()
             owner.record("break", source="control")
-            return None
-        if op == "nmi":
-            return await owner.nmi()
-        if op == "reset":
-            return await owner.reset()
-        if op == "restart":
-            return await owner.restart(float(request.get("timeout", 60)))
-        if op == "power_cycle":
-            return await owner.power_cycle()
-        if op == "snapshot":
-            return await owner.save_snapshot(str(request["name"]), request.get("extra"))
-        if op == "restore":
-            return await owner.restore_snapshot(str(request["name"]))
-        if op == "screenshot":
-            return await owner.screenshot(str(request["path"]))
-        if op == "log":
-            chunk = read_log(owner.serial_log.path, int(request.get("start", 0)), request.get("length"))
-            return {"start": chunk.start, "size": chunk.size, "data": base64.b64encode(chunk.data).decode()}
-        if op == "events":
-            since = float(request.get("since", 0))
-            return [e for e in EventLog.read(owner.events.path) if e["time"] >= since]
-        if op == "qmp":
-            return await owner.qmp_passthrough(str(request["command"]), request.get("arguments"))
-        if op == "stop":
+
+        async def stop(a: dict[str, Any], uid: int | None) -> Any:
             await owner.stop()
-            return None
-        raise ControlError(f"unknown op {op!r}")
+
+        return {
+            "info": info, "log": log, "events": events, "send_break": send_break, "stop": stop,
+            "sysrq": lambda a, uid: owner.sysrq(a["keys"], a["interval"]),
+            "nmi": lambda a, uid: owner.nmi(),
+            "reset": lambda a, uid: owner.reset(),
+            "restart": lambda a, uid: owner.restart(a["timeout"]),
+            "power_cycle": lambda a, uid: owner.power_cycle(),
+            "snapshot": lambda a, uid: owner.save_snapshot(a["name"], a["extra"]),
+            "restore": lambda a, uid: owner.restore_snapshot(a["name"]),
+            "screenshot": lambda a, uid: owner.screenshot(a["path"], uid=uid),
+            "qmp": lambda a, uid: owner.qmp_passthrough(a["command"], a["arguments"], uid=uid),
+        }
 
 
 class ControlClient:
@@ -138,6 +184,10 @@ class ControlClient:
             raise UnknownGuest(
                 f"no guest owner is listening on {self.path} (is the guest up? see `sercon ls`)"
             ) from exc
+        except PermissionError as exc:
+            sock.close()
+            raise UnknownGuest(f"{self.path} belongs to another user: a guest is controlled by its own user "
+                               "and root only") from exc
         return sock
 
     def call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:
@@ -152,11 +202,7 @@ class ControlClient:
             sock.close()
         if reply is None:
             raise GuestNotRunning(f"the guest owner closed the control connection during {op!r}")
-        if reply.get("ok"):
-            return reply.get("result")
-        error = reply.get("error", {})
-        cls = ERROR_CLASSES.get(error.get("type", ""), SerconError)
-        raise cls(error.get("message", "unknown error"))
+        return decode_reply(reply, repr(op))
 
     def subscribe(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Yield event records as they happen. Stops when the owner goes away."""

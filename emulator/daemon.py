@@ -2,7 +2,7 @@
 
 Started by `Machine.start()` (and so by `sercon up` and the pytest plugin) in its own session, so
 it outlives the command that started it. It powers the guest on, serves the control socket, the
-console socket and the RFC 2217 port, then reports one line on stdout, `READY {json}` or
+console socket and, only when asked (`--rfc2217`), the RFC 2217 port, then reports one line on stdout, `READY {json}` or
 `ERROR {json}`, and detaches from it. It ends on `stop` (sercon down) or SIGTERM, taking QEMU
 with it.
 """
@@ -24,6 +24,7 @@ from .errors import SerconError
 from .owner import ConsoleOwner
 from .rfc2217 import Rfc2217Server
 from .spec import GuestSpec
+from .trust import private_dir
 
 
 def _report(kind: str, payload: dict[str, object]) -> None:
@@ -34,26 +35,32 @@ def _report(kind: str, payload: dict[str, object]) -> None:
     os.close(devnull)
 
 
-async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int, snapshot: str | None = None) -> int:
+async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int | None,
+              snapshot: str | None = None) -> int:
+    """Serve one guest; `rfc2217_port` None: no RFC 2217 port (the default), 0: any free port."""
     owner = ConsoleOwner(name, spec, folder)
     control = ControlServer(owner, folder / "control.sock")
     console = ConsoleServer(owner, folder / "console.sock")
-    rfc = Rfc2217Server(owner, port=rfc2217_port)
+    rfc = Rfc2217Server(owner, port=rfc2217_port) if rfc2217_port is not None else None
+    port = None
     try:
         await control.start()
         await console.start()
-        port = await rfc.start()
+        if rfc is not None:
+            port = await rfc.start()
+            owner.record("rfc2217_open", address=f"127.0.0.1:{port}", authenticated=False)
         await owner.power_on(reason=f"restore {snapshot}" if snapshot else "power on", snapshot=snapshot)
     except (SerconError, OSError) as exc:
         await owner.stop()
         await control.close()
         await console.close()
-        await rfc.close()
+        if rfc is not None:
+            await rfc.close()
         _report("ERROR", {"type": type(exc).__name__ if isinstance(exc, SerconError) else "SerconError",
                           "message": str(exc)})
         return 1
     info = {"pid": os.getpid(), "rfc2217_port": port}
-    (folder / "owner.json").write_text(json.dumps(info))
+    (folder / "owner.json").write_text(json.dumps(info))  # 0600: the owner runs under umask 077
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(owner.stop()))
@@ -61,7 +68,8 @@ async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int, snaps
     await owner.stopped.wait()
     await control.close()
     await console.close()
-    await rfc.close()
+    if rfc is not None:
+        await rfc.close()
     (folder / "owner.json").unlink(missing_ok=True)
     return 0
 
@@ -71,17 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", required=True)
     parser.add_argument("--folder", required=True, type=Path)
     parser.add_argument("--spec", required=True, type=Path, help="GuestSpec JSON file")
-    parser.add_argument("--rfc2217-port", type=int, default=0)
+    parser.add_argument("--rfc2217", action="store_true",
+                        help="also serve COM1 as an unauthenticated RFC 2217 port on 127.0.0.1")
+    parser.add_argument("--rfc2217-port", type=int, default=0, help="with --rfc2217: this port (0: any free one)")
     parser.add_argument("--from-snapshot", default=None, help="load this snapshot instead of booting")
     args = parser.parse_args(argv)
-    args.folder.mkdir(parents=True, exist_ok=True)
+    # Everything this process and QEMU create (logs, sockets, owner.json, overlays) is private.
+    os.umask(0o077)
+    private_dir(args.folder)
     logging.basicConfig(
         filename=args.folder / "owner.log", level=logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     logging.getLogger("qemu").setLevel(logging.WARNING)
     spec = GuestSpec.from_json(args.spec.read_text())
-    return asyncio.run(run(args.name, args.folder, spec, args.rfc2217_port, args.from_snapshot))
+    port = args.rfc2217_port if args.rfc2217 else None
+    return asyncio.run(run(args.name, args.folder, spec, port, args.from_snapshot))
 
 
 if __name__ == "__main__":

@@ -35,9 +35,11 @@ from .console_socket import open_console
 from .control import ControlClient
 from .errors import ERROR_CLASSES, GuestDied, GuestExists, SerconError, UnknownGuest
 from .images import DEFAULT_IMAGE, resolve_image
+from .operations import lookup
 from .qemu_args import find_qemu
 from .serial_log import EventLog, read_log, tail_lines
 from .spec import GuestSpec
+from .trust import private_dir, write_private
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 #: Covers the KVM probe (6 s, once per host boot) plus QEMU start on a loaded machine.
@@ -54,8 +56,11 @@ class Machine:
     """One guest: a QEMU process with a 16550 on COM1, owned by a console owner process."""
 
     def __init__(self, spec: GuestSpec | str = DEFAULT_IMAGE, name: str | None = None, *,
-                 from_snapshot: str | None = None, **overrides: Any) -> None:
+                 from_snapshot: str | None = None, rfc2217: bool = False, **overrides: Any) -> None:
         self._spec_source = spec
+        #: Also serve COM1 as an RFC 2217 port on 127.0.0.1. It has no authentication: any local
+        #: user who finds the port gets the console. Off unless asked for.
+        self.rfc2217 = rfc2217
         #: Start by loading this snapshot (see `snapshot()`) instead of booting.
         self.from_snapshot = from_snapshot
         self._overrides = overrides
@@ -72,9 +77,19 @@ class Machine:
         machine = cls(name=name)
         if not machine.is_running():
             raise UnknownGuest(f"no running guest named {name!r}; `sercon ls` lists them")
-        spec = machine.info().get("spec")
-        machine.spec = GuestSpec.from_dict(spec) if spec else None
+        machine.spec = machine._read_spec()
         return machine
+
+    def _read_spec(self) -> GuestSpec | None:
+        """The guest's spec: spec.json (0600, it holds the guest password) if this user may read it,
+        else what `info` tells anyone (no password)."""
+        if self.folder is not None:
+            try:
+                return GuestSpec.from_json((self.folder / "spec.json").read_text())
+            except (OSError, ValueError):
+                pass
+        spec = self.info().get("spec")
+        return GuestSpec.from_dict(spec) if spec else None
 
     @staticmethod
     def running() -> list[str]:
@@ -121,15 +136,17 @@ class Machine:
             raise GuestExists(f"a guest named {self.name!r} is already running; `sercon down {self.name}` first")
         self._prepare_folder(self.folder)
         spec_file = self.folder / "spec.json"
-        spec_file.write_text(self.spec.to_json())
+        write_private(spec_file, self.spec.to_json())
         env = dict(os.environ)
         # The owner imports `emulator` from wherever this process did (works from a checkout too).
         pkg_root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        with (self.folder / "owner.log").open("ab") as owner_log:
+        log_fd = os.open(self.folder / "owner.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(log_fd, "ab") as owner_log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "emulator.daemon", "--name", self.name, "--folder", str(self.folder),
-                 "--spec", str(spec_file), *(["--from-snapshot", self.from_snapshot] if self.from_snapshot else [])],
+                 "--spec", str(spec_file), *(["--from-snapshot", self.from_snapshot] if self.from_snapshot else []),
+                 *(["--rfc2217"] if self.rfc2217 else [])],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=owner_log,
                 start_new_session=True, env=env,
             )
@@ -151,11 +168,12 @@ class Machine:
     @staticmethod
     def _prepare_folder(folder: Path) -> None:
         """A fresh folder for a new run; the previous run's logs move to `previous/`."""
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder.parent)
+        private_dir(folder)
         if (folder / "serial.log").exists():
             previous = folder / "previous"
             shutil.rmtree(previous, ignore_errors=True)
-            previous.mkdir()
+            private_dir(previous)
             for item in ("serial.log", "events.jsonl", "qemu.log", "owner.log", "spec.json"):
                 if (folder / item).exists():
                     (folder / item).rename(previous / item)
@@ -195,14 +213,20 @@ class Machine:
             raise UnknownGuest("this Machine has not been started")
         return ControlClient(self.folder / "control.sock")
 
-    def _call(self, op: str, io_timeout: float | None = None, **args: Any) -> Any:
-        return self._control().call(op, io_timeout=io_timeout, **args)
+    def call(self, op: str, **args: Any) -> Any:
+        """Any operation of `emulator.operations.OPERATIONS` by name (`power_cycle` or `power-cycle`),
+        waiting as long as the table says; the methods below are its typed spellings."""
+        entry = lookup(op)
+        return self._control().call(entry.name, io_timeout=entry.timeout(args), **args)
+
+    _call = call
 
     def info(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call("info")
         owner_file = self.folder / "owner.json" if self.folder else None
         if owner_file and owner_file.exists():
-            result.update({"rfc2217_port": json.loads(owner_file.read_text()).get("rfc2217_port")})
+            port = json.loads(owner_file.read_text()).get("rfc2217_port")
+            result.update({"rfc2217_port": port, "rfc2217_authenticated": False if port else None})
         return result
 
     @property
@@ -231,23 +255,23 @@ class Machine:
 
     def restart(self, timeout: float = 60.0) -> None:
         """Graceful restart through the ACPI power button; raises ActionFailed if the guest ignores it."""
-        self._call("restart", io_timeout=timeout + 30, timeout=timeout)
+        self._call("restart", timeout=timeout)
 
     def power_cycle(self) -> None:
         """Stop the QEMU process and start a new one; same console, same log."""
-        self._call("power_cycle", io_timeout=90)
+        self._call("power_cycle")
 
     def snapshot(self, name: str, **extra: Any) -> dict[str, Any]:
         """Save the whole running state as snapshot `name` (JSON-able `extra` is kept with it).
 
         New guests start from it with `Machine(spec, from_snapshot=name)`; see emulator/snapshots.py.
         """
-        meta: dict[str, Any] = self._call("snapshot", io_timeout=300, name=name, extra=extra)
+        meta: dict[str, Any] = self._call("snapshot", name=name, extra=extra)
         return meta
 
     def restore(self, name: str) -> None:
         """Replace this guest's QEMU by one loaded from snapshot `name`; consoles stay attached."""
-        self._call("restore", io_timeout=120, name=name)
+        self._call("restore", name=name)
 
     def screenshot(self, path: str | os.PathLike[str]) -> Path:
         return Path(self._call("screenshot", path=str(Path(path).resolve())))
@@ -274,10 +298,11 @@ class Machine:
     def log_tail(self, lines: int = 15) -> str:
         return tail_lines(self.serial_log_path, lines)
 
-    def events(self) -> list[dict[str, Any]]:
+    def events(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Event records (boots, actions, console sessions, refusals) at or after Unix time `since`."""
         if self.folder is None:
             return []
-        return EventLog.read(self.folder / "events.jsonl")
+        return [e for e in EventLog.read(self.folder / "events.jsonl") if e["time"] >= since]
 
     def wait_for_event(
         self, match: Callable[[dict[str, Any]], bool] | str, timeout: float = 60.0, since: float | None = None
@@ -314,12 +339,15 @@ class Machine:
     # --------------------------------------------------------------- console
 
     def open_console(self, mode: str = "harness", *, client: str | None = None, from_offset: int | None = None,
-                     notices: bool = False) -> tuple[socket.socket, dict[str, Any]]:
-        """A raw console socket (after the handshake) and the owner's reply ({"offset": ...})."""
+                     notices: bool = False, events: bool = False) -> tuple[socket.socket, dict[str, Any]]:
+        """A console socket (after the handshake) and the owner's reply ({"offset": ...}).
+
+        With `events` the stream is framed (emulator.protocol.FrameDecoder): guest bytes in data
+        frames, session changes (takeover, stop) as events; without, the guest's raw bytes."""
         if self.folder is None:
             raise UnknownGuest("this Machine has not been started")
         return open_console(self.folder / "console.sock", mode, client=client or f"python:{os.getpid()}",
-                            from_offset=from_offset, notices=notices)
+                            from_offset=from_offset, notices=notices, events=events)
 
     def __repr__(self) -> str:
         return f"Machine(name={self.name!r}, image={self.spec.image if self.spec else None!r})"

@@ -1,10 +1,13 @@
 """The console owner: the one process that holds a guest's serial stream, QMP and QEMU processes.
 
-It writes every byte COM1 sends to the serial log (whoever is attached, across resets and power
-cycles), fans the stream out to console clients, forwards their keystrokes under the takeover or
-reject policy, and performs the out-of-band actions: SysRq (BREAK then key), NMI, reset, graceful
-restart, power cycle, screenshot. QEMU events (RESET, SHUTDOWN, GUEST_PANICKED) and QEMU exiting
-become entries in the event log and notices to clients.
+Split along its concerns: this module is the QEMU process (power on, the serial and QMP pumps,
+QEMU events, stopping) and the owner's state (`emulator.state.State`, changed in one setter);
+`emulator.consoles` holds the console clients and the takeover or reject policy;
+`emulator.actions` the out-of-band actions (SysRq, BREAK, NMI, reset, graceful restart, power
+cycle, screenshot, raw QMP, snapshots). Every byte COM1 sends goes to the serial log (whoever is
+attached, across resets and power cycles) and out to the clients. QEMU events (RESET, SHUTDOWN,
+GUEST_PANICKED) and QEMU exiting become entries in the event log and notices to clients; every
+entry goes through `record`, which adds who asked during an operation.
 
 Everything here runs on one asyncio loop (see `emulator.daemon`), so no locks are needed: a
 client that attaches "from offset N" gets the log from N and then the live stream with no gap
@@ -17,72 +20,36 @@ import asyncio
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from . import accel as accel_mod
 from . import snapshots
-from .errors import ActionFailed, ConsoleBusy, GuestNotRunning, SerconError, SnapshotError
-from .qemu_args import SERIAL_ID, find_qemu, qemu_args
-from .serial_log import EventLog, SerialLog, read_log, tail_lines
+from .actions import SYSRQ_MAX_KEYS, Actions
+from .consoles import CLIENT_BACKLOG_LIMIT, REPLAY_MAX, TAKEOVER_NOTICE, ClientMode, ConsoleClient, ConsoleClients
+from .errors import ActionFailed, GuestNotRunning, SerconError, SnapshotError
+from .operations import ACTOR
+from .qemu_args import find_qemu, qemu_args
+from .serial_log import EventLog, SerialLog, tail_lines
 from .spec import GuestSpec
-from .sysrq import parse_keys
+from .state import State
+from .trust import private_dir
+
+__all__ = ["CLIENT_BACKLOG_LIMIT", "REPLAY_MAX", "SYSRQ_MAX_KEYS", "TAKEOVER_NOTICE", "ClientMode", "ConsoleClient",
+           "ConsoleOwner", "State"]
 
 log = logging.getLogger("sercon.owner")
 
-State = Literal["starting", "running", "paused", "off", "dead", "stopped"]
-ClientMode = Literal["read", "interactive", "harness"]
 
 #: A guest reboot emits 2-3 RESET events within ~60 ms (spread wider on a loaded host): one boot.
 RESET_DEBOUNCE_S = 1.5
-#: A console client whose socket has this much unsent data is dropped (it can re-read the log);
-#: SERCON_CLIENT_BACKLOG (bytes) sets it for the owner processes started with it in their environment.
-CLIENT_BACKLOG_LIMIT = int(os.environ.get("SERCON_CLIENT_BACKLOG", 16 * 1024 * 1024))
 PANIC_TEXT = b"Kernel panic - not syncing"
-TAKEOVER_NOTICE = (
-    "\r\n[sercon] The serial console connection was closed: {who} took over the console. "
-    "Your session in the guest continues. To reconnect, press Enter.\r\n"
-)
-
-
-@dataclass(eq=False)
-class ConsoleClient:
-    """One attached console connection."""
-
-    mode: ClientMode
-    label: str
-    writer: asyncio.StreamWriter
-    notices: bool = False
-    #: Applied to everything sent (the RFC 2217 server doubles IAC bytes here).
-    encode: Callable[[bytes], bytes] | None = None
-    connected_at: float = field(default_factory=time.time)
-
-    def send(self, data: bytes) -> bool:
-        """Queue data; False if the client is gone or hopelessly behind."""
-        if self.writer.is_closing():
-            return False
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > CLIENT_BACKLOG_LIMIT:
-            return False
-        self.writer.write(self.encode(data) if self.encode else data)
-        return True
-
-    def notice(self, text: str) -> None:
-        if self.notices:
-            self.send(f"\r\n[sercon] {text}\r\n".encode())
-
-    def close(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.close()
 
 
 def _die_with_parent() -> None:
@@ -94,17 +61,20 @@ def _die_with_parent() -> None:
     os.setsid()
 
 
-class ConsoleOwner:
+class ConsoleOwner(ConsoleClients, Actions):
+    """One guest: its QEMU process (here), its console clients (`emulator.consoles`) and its actions
+    (`emulator.actions`)."""
+
     def __init__(self, name: str, spec: GuestSpec, folder: Path) -> None:
         spec.validate()
         self.name = name
         self.spec = spec
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         self.serial_log = SerialLog(folder / "serial.log")
         self.events = EventLog(folder / "events.jsonl")
         self.qemu_log_path = folder / "qemu.log"
-        self.state: State = "stopped"
+        self.state = State.STOPPED
         self.boot = 0
         self.accel = ""
         self.accel_reason = ""
@@ -132,15 +102,22 @@ class ConsoleOwner:
     # ----------------------------------------------------------------- events
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
+        """The one way anything is recorded: the event log (with who asked, during an operation),
+        the subscribers, the owner log."""
+        actor = ACTOR.get()
+        if actor is not None and "by" not in fields:
+            fields["by"] = actor
         record = self.events.write(event, self.serial_log.size, name=self.name, boot=self.boot, **fields)
         for queue in list(self.subscribers):
             queue.put_nowait(record)
         log.info("%s: %s %s", self.name, event, fields)
         return record
 
-    def _notice_all(self, text: str) -> None:
-        for client in list(self.clients):
-            client.notice(text)
+    def _set_state(self, state: State) -> None:
+        """The one place the state changes."""
+        if state != self.state:
+            log.info("%s: state %s -> %s", self.name, self.state, state)
+            self.state = state
 
     # ------------------------------------------------------------ power / QEMU
 
@@ -152,7 +129,7 @@ class ConsoleOwner:
         if self.proc is not None and self.proc.returncode is None:
             raise SerconError("QEMU is already running for this guest")
         qemu = find_qemu()
-        self.state = "starting"
+        self._set_state(State.STARTING)
         loop = asyncio.get_running_loop()
         if not self.accel:
             self.accel, self.accel_reason = await loop.run_in_executor(
@@ -221,7 +198,7 @@ class ConsoleOwner:
                 await self._set_ignore_shared(True)
                 await self._qmp("migrate-incoming", {"uri": incoming})
             await self._wait_restored(snapshot)
-        self.state = "running"
+        self._set_state(State.RUNNING)
 
     async def _set_ignore_shared(self, on: bool) -> None:
         """x-ignore-shared: migration leaves shared RAM (the memfd) out of the stream."""
@@ -283,56 +260,6 @@ class ConsoleOwner:
             f"{self._qemu_log_tail(4)}"
         )
 
-    async def save_snapshot(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Save the running guest's whole state as snapshot `name`; the guest then carries on."""
-        self._require_running()
-        qemu = find_qemu()
-        key = snapshots.snapshot_key(self.spec, self.accel, qemu)
-        tmp = snapshots.prepare(name, key)
-        await self._qmp("stop")
-        shared_ram = self._ram_file is None  # booted: RAM in a memfd; restored: private file mapping
-        try:
-            target = tmp / "state.bin"
-            await self._set_ignore_shared(shared_ram)
-            await self._qmp("migrate", {"uri": f"exec:cat > '{target}'"})
-            while True:
-                status = await self._qmp("query-migrate")
-                if status.get("status") == "completed":
-                    break
-                if status.get("status") in ("failed", "cancelled"):
-                    raise ActionFailed(f"saving snapshot {name!r} failed: {status.get('error-desc', status)}")
-                await asyncio.sleep(0.01)
-            overlay = self.folder / "overlay.qcow2"
-            if self.spec.disk and not (self.spec.disk_snapshot and overlay.exists()):
-                raise ActionFailed(
-                    f"snapshot of {self.name}: its disk is written in place; snapshots of disk guests need "
-                    "disk_snapshot=True (writes to a throw-away overlay that the snapshot can keep)"
-                )
-            if overlay.exists() and self.spec.disk:
-                # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
-                shutil.copyfile(overlay, tmp / "disk.qcow2")
-            if shared_ram:  # the guest is still stopped: its RAM cannot change under the copy
-                await asyncio.get_running_loop().run_in_executor(
-                    None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)
-            snap = snapshots.commit(tmp, name, key, {
-                "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
-                "guest": self.name, "extra": extra or {},
-            })
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        finally:
-            await self._qmp("cont")
-        self.record("snapshot_saved", snapshot=name, size=snap.meta["size"])
-        return snap.meta
-
-    async def restore_snapshot(self, name: str) -> None:
-        """Replace this guest's QEMU by one loaded from snapshot `name`; clients stay attached."""
-        self.record("power_off", reason=f"restore {name}")
-        await self._stop_qemu()
-        await self.power_on(reason=f"restore {name}", snapshot=name)
-        self._notice_all(f"restored from snapshot {name}")
-
     def _qemu_log_tail(self, lines: int = 10) -> str:
         try:
             text = self.qemu_log_path.read_text(errors="replace")
@@ -352,6 +279,8 @@ class ConsoleOwner:
             self._watch_for_panic_text(data)
             for client in list(self.clients):
                 if not client.send(data):
+                    client.event({"type": "closed", "reason": "dropped",
+                                  "text": "this console fell too far behind; the serial log has every byte"})
                     self._drop_client(client, "client too slow or gone")
 
     def _watch_for_panic_text(self, data: bytes) -> None:
@@ -385,7 +314,7 @@ class ConsoleOwner:
         elif name == "SHUTDOWN":
             self._shutdown_seen.set()
             if data.get("guest"):
-                self.state = "off"
+                self._set_state(State.OFF)
                 self.record("guest_poweroff", qemu_reason=data.get("reason"))
                 self._notice_all("the guest powered itself off")
         elif name == "GUEST_PANICKED":
@@ -395,9 +324,9 @@ class ConsoleOwner:
                 self._notice_all("guest kernel panicked (pvpanic)")
         elif name == "STOP":
             if self.state == "running":
-                self.state = "paused"
+                self._set_state(State.PAUSED)
         elif name == "RESUME":
-            self.state = "running"
+            self._set_state(State.RUNNING)
 
     async def _watch_process(self, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -409,7 +338,7 @@ class ConsoleOwner:
             self._serial_writer = None
         if self._expected_exit:
             return
-        self.state = "dead"
+        self._set_state(State.DEAD)
         how = f"signal {-code}" if code < 0 else f"exit status {code}"
         self.record("qemu_exited", how=how, expected=False, qemu_log=self._qemu_log_tail(5))
         self._notice_all(f"QEMU exited unexpectedly ({how}); the serial log is kept. Power cycle to start again.")
@@ -476,164 +405,19 @@ class ConsoleOwner:
         except (TimeoutError, QMPError, EOFError, OSError) as exc:
             raise ActionFailed(f"QMP {command} failed: {exc}") from exc
 
-    async def sysrq(self, keys: str, interval: float = 0.1) -> list[str]:
-        """BREAK then key, once per key; `interval` seconds between keys of a sequence."""
-        sequence = parse_keys(keys)
-        self._require_running()
-        for i, key in enumerate(sequence):
-            if i:
-                await asyncio.sleep(interval)
-            await self.send_break()
-            await self._write_serial(key.encode())
-        self.record("sysrq", keys="".join(sequence))
-        return sequence
-
-    async def send_break(self) -> None:
-        """A BREAK condition on the UART (what a SysRq key follows; RFC 2217 clients send these)."""
-        await self._qmp("chardev-send-break", {"id": SERIAL_ID})
-
-    async def nmi(self) -> None:
-        await self._qmp("inject-nmi")
-        self.record("nmi")
-
-    async def reset(self) -> None:
-        """Hard reset (QMP system_reset): the console stays connected and shows the new boot."""
-        self._require_running()
-        self._reset_reason = "reset (hard, from sercon)"
-        was_off = self.state == "off"
-        self._reset_seen.clear()
-        await self._qmp("system_reset")
-        if was_off:
-            await self._resume_after_reset()
-
-    async def _resume_after_reset(self) -> None:
-        # After a guest poweroff (-no-shutdown) QEMU refuses `cont` until a reset has happened.
-        try:
-            await asyncio.wait_for(self._reset_seen.wait(), timeout=10)
-        except TimeoutError as exc:
-            raise ActionFailed("no RESET event after system_reset") from exc
-        await self._qmp("cont")
-        self.state = "running"
-
-    async def restart(self, timeout: float = 60.0) -> None:
-        """Graceful restart: ACPI power button, wait for the guest to power off, then power on.
-
-        Clients stay attached; they see the shutdown and the new boot.
-        """
-        if self.state == "dead" or self.state == "stopped":
-            await self.power_cycle(reason="restart (QEMU was not running)")
-            return
-        self._require_running()
-        if self.state != "off":
-            self._shutdown_seen.clear()
-            self.record("restart_requested", timeout=timeout)
-            await self._qmp("system_powerdown")
-            try:
-                await asyncio.wait_for(self._shutdown_seen.wait(), timeout=timeout)
-            except TimeoutError as exc:
-                raise ActionFailed(
-                    f"guest {self.name} did not power off within {timeout:.0f}s of the ACPI power button "
-                    "(it needs the ACPI button driver and acpid or systemd-logind); use reset for a hard reset"
-                ) from exc
-        self._reset_reason = "restart (graceful)"
-        self._reset_seen.clear()
-        await self._qmp("system_reset")
-        await self._resume_after_reset()
-
-    async def power_cycle(self, reason: str = "power cycle") -> None:
-        """End the QEMU process and start a new one; clients and the log carry on."""
-        self.record("power_off", reason=reason)
-        self._notice_all(f"{reason}: powering off")
-        await self._stop_qemu()
-        await self.power_on(reason=reason)
-        self._notice_all(f"{reason}: powered on, boot {self.boot}")
-
-    async def screenshot(self, path: str) -> str:
-        target = str(Path(path).resolve())
-        await self._qmp("screendump", {"filename": target, "format": "png"})
-        self.record("screenshot", path=target)
-        return target
-
-    async def qmp_passthrough(self, command: str, arguments: dict[str, Any] | None) -> Any:
-        """Any QMP command, for power users (`sercon qmp`); recorded in the event log."""
-        result = await self._qmp(command, arguments or None)
-        self.record("qmp", command=command)
-        return result
-
     async def stop(self) -> None:
         """Power off for good and end the owner."""
         if self.state != "stopped":
             self.record("stop")
         await self._stop_qemu()
-        self.state = "stopped"
+        self._set_state(State.STOPPED)
         for client in list(self.clients):
             client.notice("the guest was shut down (sercon down)")
+            client.event({"type": "closed", "reason": "stopped"})
             client.close()
         self.clients.clear()
         self.serial_log.close()
         self.stopped.set()
-
-    # ------------------------------------------------------------------ console
-
-    async def _write_serial(self, data: bytes) -> None:
-        writer = self._serial_writer
-        if writer is None or self.state in ("dead", "stopped"):
-            raise GuestNotRunning(f"guest {self.name} is not running (state {self.state})")
-        writer.write(data)
-        await writer.drain()
-
-    def attach(
-        self, mode: ClientMode, label: str, writer: asyncio.StreamWriter, *,
-        from_offset: int | None = None, notices: bool = False, takeover: bool | None = None,
-        greeting: Callable[[int], bytes] | None = None, encode: Callable[[bytes], bytes] | None = None,
-    ) -> ConsoleClient:
-        """Register a console client; replays the log from `from_offset` first (negative: from the end).
-
-        `greeting(live_offset)` gives bytes sent before anything else (the console socket's reply line).
-        """
-        client = ConsoleClient(mode=mode, label=label, writer=writer, notices=notices, encode=encode)
-        if mode == "interactive":
-            current = self.interactive
-            if current is not None and not current.writer.is_closing():
-                policy_takeover = self.spec.policy == "takeover" if takeover is None else takeover
-                if not policy_takeover:
-                    self.record("console_rejected", client=label, holder=current.label)
-                    raise ConsoleBusy(
-                        f"the console of {self.name} is in use by {current.label} and the policy is reject; "
-                        "try again when they detach, or attach read-only"
-                    )
-                current.send(TAKEOVER_NOTICE.format(who=label).encode())
-                self.record("console_takeover", client=label, previous=current.label)
-                self._drop_client(current, "taken over")
-            self.interactive = client
-        if greeting is not None:
-            client.send(greeting(self.serial_log.size))
-        if from_offset is not None:
-            replay = read_log(self.serial_log.path, from_offset)
-            if replay.data:
-                client.send(replay.data)
-        self.clients.add(client)
-        self.record("console_attach", client=label, mode=mode)
-        return client
-
-    def detach(self, client: ConsoleClient) -> None:
-        if client in self.clients:
-            self.clients.discard(client)
-            self.record("console_detach", client=client.label, mode=client.mode)
-        if self.interactive is client:
-            self.interactive = None
-        client.close()
-
-    def _drop_client(self, client: ConsoleClient, why: str) -> None:
-        log.info("%s: dropping console client %s: %s", self.name, client.label, why)
-        self.detach(client)
-
-    async def client_input(self, client: ConsoleClient, data: bytes) -> None:
-        if client.mode == "read":
-            return
-        if client.mode == "interactive" and self.interactive is not client:
-            return
-        await self._write_serial(data)
 
     # -------------------------------------------------------------------- info
 
@@ -655,6 +439,7 @@ class ConsoleOwner:
             "clients": sorted(f"{c.label} ({c.mode})" for c in self.clients),
             "image": self.spec.image,
             "snapshot": self.snapshot_meta,
-            "spec": self.spec.__dict__,
+            # The guest password stays in spec.json (0600): info goes to any client of the control socket.
+            "spec": {**self.spec.__dict__, "password": None},
         }
 

@@ -1,5 +1,12 @@
 """COM1 as an RFC 2217 network serial port on localhost, as ser2net or a terminal server offers it.
 
+Off unless asked for (`sercon up --rfc2217`, `Machine(..., rfc2217=True)`, `rfc2217 = true` for a
+fleet VM). RFC 2217 has no authentication, so while the port is open any local user who finds
+it (`ss -ltn` lists it) types into the console, like a ser2net port on a shared host. It binds
+127.0.0.1 only, and every connection is recorded in the guest's event log with its peer address
+(`rfc2217_connect`, `rfc2217_disconnect`), as is every line setting a client makes
+(`rfc2217_line`). To share a console with other people, use `sercon serve` (logins, roles, audit).
+
 Any RFC 2217 client reaches the guest's UART as if it were real hardware:
 `python -m serial.tools.miniterm rfc2217://127.0.0.1:PORT`, or pyserial's
 `serial.serial_for_url("rfc2217://...")`. A client's BREAK becomes a BREAK on the guest's 16550
@@ -34,8 +41,12 @@ def escape_iac(data: bytes) -> bytes:
 class _PortAdapter:
     """What PortManager expects of a serial port, mapped onto the owner."""
 
-    def __init__(self, owner: ConsoleOwner) -> None:
+    #: Line settings a client may change; each change is recorded in the event log.
+    LINE_SETTINGS = frozenset({"baudrate", "bytesize", "parity", "stopbits"})
+
+    def __init__(self, owner: ConsoleOwner, peer: str = "") -> None:
         self._owner = owner
+        self._peer = peer
         self.baudrate = 115200
         self.bytesize = 8
         self.parity = "N"
@@ -50,6 +61,13 @@ class _PortAdapter:
         self.cd = True
         self._break = False
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        changed = name in self.LINE_SETTINGS and getattr(self, name, value) != value
+        super().__setattr__(name, value)
+        if changed:
+            self._owner.record("rfc2217_line", peer=self._peer, setting=name, value=value,
+                               line=f"{self.baudrate} {self.bytesize}{self.parity}{self.stopbits}")
+
     @property
     def break_condition(self) -> bool:
         return self._break
@@ -63,7 +81,7 @@ class _PortAdapter:
     async def _send_break(self) -> None:
         try:
             await self._owner.send_break()
-            self._owner.record("break", source="rfc2217")
+            self._owner.record("break", source="rfc2217", peer=self._peer)
         except SerconError as exc:
             log.warning("BREAK from RFC 2217 client failed: %s", exc)
 
@@ -84,9 +102,9 @@ class _Connection:
 
 
 class Rfc2217Server:
-    def __init__(self, owner: ConsoleOwner, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, owner: ConsoleOwner, port: int = 0) -> None:
         self.owner = owner
-        self.host = host
+        self.host = "127.0.0.1"  # loopback only: the port has no authentication
         self.port = port
         self._server: asyncio.AbstractServer | None = None
 
@@ -100,13 +118,16 @@ class Rfc2217Server:
             self._server.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer: Any = writer.get_extra_info("peername")
-        label = f"rfc2217:{peer[0]}:{peer[1]}" if peer else "rfc2217"
-        manager = rfc2217.PortManager(_PortAdapter(self.owner), _Connection(writer))
+        peer_name: Any = writer.get_extra_info("peername")
+        peer = f"{peer_name[0]}:{peer_name[1]}" if peer_name else "unknown"
+        label = f"rfc2217:{peer}"
+        self.owner.record("rfc2217_connect", peer=peer, authenticated=False)
+        manager = rfc2217.PortManager(_PortAdapter(self.owner, peer), _Connection(writer))
         client: ConsoleClient | None = None
         try:
             client = self.owner.attach("interactive", label, writer, notices=True, encode=escape_iac)
         except SerconError as exc:
+            self.owner.record("rfc2217_disconnect", peer=peer, reason=str(exc)[:200])
             writer.write(escape_iac(f"\r\n[sercon] {exc}\r\n".encode()))
             await writer.drain()
             writer.close()
@@ -123,3 +144,4 @@ class Rfc2217Server:
             pass
         finally:
             self.owner.detach(client)
+            self.owner.record("rfc2217_disconnect", peer=peer, reason="closed")

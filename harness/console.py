@@ -113,7 +113,7 @@ class GuestSocketSpawn(SpawnBase):  # type: ignore[type-arg]  # generic only in 
     """
 
     def __init__(self, machine: Machine, sock: socket.socket, *, mode: str, client: str, offset: int,
-                 timeout: float = 30, maxread: int = 65536) -> None:
+                 replay_from: int | None = None, timeout: float = 30, maxread: int = 65536) -> None:
         super().__init__(timeout=timeout, maxread=maxread, encoding=None)
         self.machine = machine
         self.sock = sock
@@ -124,12 +124,26 @@ class GuestSocketSpawn(SpawnBase):  # type: ignore[type-arg]  # generic only in 
         self.name = f"<console of {machine.name}>"
         self.closed = False
         self.child_fd = sock.fileno()
+        #: Log bytes between `offset` and where the owner's replay starts (it caps replays): read
+        #: from the serial log file and handed out before anything from the socket.
+        self._gap = b""
+        if replay_from is not None:
+            self._fill_gap(replay_from)
+
+    def _fill_gap(self, replay_from: int) -> None:
+        if replay_from > self.offset:
+            self._gap = self.machine.read_log(self.offset, replay_from - self.offset)
 
     def read_nonblocking(self, size: int = 1, timeout: float | None = -1) -> bytes:
         if timeout == -1:
             timeout = self.timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if self._gap:  # a gap the replay left (at connect, or after a resume) comes first
+                data, self._gap = self._gap[:size], self._gap[size:]
+                self.offset += len(data)
+                self._log(data, "read")  # type: ignore[attr-defined]
+                return data
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not select.select([self.sock], [], [], remaining)[0]:
                 raise pexpect.TIMEOUT("timeout reading from the console socket")
@@ -150,12 +164,13 @@ class GuestSocketSpawn(SpawnBase):  # type: ignore[type-arg]  # generic only in 
         if self.closed or self.mode == "interactive" or not self.machine.is_running():
             return False
         try:
-            sock, _reply = self.machine.open_console(self.mode, client=self.client, from_offset=self.offset)
+            sock, reply = self.machine.open_console(self.mode, client=self.client, from_offset=self.offset)
         except (SerconError, OSError):
             return False
         self.sock.close()
         self.sock = sock
         self.child_fd = sock.fileno()
+        self._fill_gap(int(reply.get("replay_from", self.offset)))
         self.resumed += 1
         return True
 
@@ -199,8 +214,10 @@ class Console:
                     client: str = "harness") -> Console:
         sock, reply = machine.open_console(mode, client=client, from_offset=from_offset)
         tail = _Tail()
-        start = from_offset if from_offset is not None and from_offset >= 0 else int(reply["offset"])
-        spawn = GuestSocketSpawn(machine, sock, mode=mode, client=client, offset=start)
+        live = int(reply["offset"])
+        start = (from_offset if from_offset >= 0 else max(0, live + from_offset)) if from_offset is not None else live
+        spawn = GuestSocketSpawn(machine, sock, mode=mode, client=client, offset=start,
+                                 replay_from=int(reply.get("replay_from", start)))
         spawn.logfile_read = tail
         return cls(spawn, name=machine.name or "guest", tail=tail, machine=machine, start_offset=start)
 

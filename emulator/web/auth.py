@@ -8,6 +8,7 @@ state-changing request must echo in the `X-CSRF-Token` header.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -91,23 +92,28 @@ class Sessions:
 
 
 class RateLimiter:
-    """Failed logins in a sliding window: per (address, user) pair, and per address.
+    """Login attempts in a sliding window: per (address, user) pair, and per address.
 
-    A pair is blocked after `pair_limit` failures, an address after `address_limit` (guessing
-    many names); neither locks a user out for people at other addresses."""
+    Every attempt counts from the moment it starts, before its password is hashed, so concurrent
+    guesses cannot all slip in before the first failure is known; a successful login takes its
+    own attempt back. A pair is blocked after `pair_limit` attempts, an address after
+    `address_limit` (guessing many names); neither locks a user out for people at other addresses."""
 
     def __init__(self, pair_limit: int = RATE_LIMIT, address_limit: int = 4 * RATE_LIMIT,
                  window: float = RATE_WINDOW) -> None:
         self.pair_limit = pair_limit
         self.address_limit = address_limit
         self.window = window
-        self._failures: dict[str, deque[float]] = {}
+        self._attempts: dict[str, deque[float]] = {}
 
     def _recent(self, key: str) -> deque[float]:
         now = time.monotonic()
-        queue = self._failures.setdefault(key, deque())
+        queue = self._attempts.setdefault(key, deque())
         while queue and now - queue[0] > self.window:
             queue.popleft()
+        if not queue:
+            del self._attempts[key]  # keeps the table as small as the live window
+            return self._attempts.setdefault(key, queue)
         return queue
 
     def _keys(self, address: str, user: str) -> list[tuple[str, int]]:
@@ -122,9 +128,43 @@ class RateLimiter:
                 wait = max(wait, self.window - (time.monotonic() - queue[-limit]))
         return wait
 
-    def failed(self, address: str, user: str) -> None:
+    def begin(self, address: str, user: str) -> float | None:
+        """Count an attempt now; returns None if it may go on, else the seconds to wait (not counted)."""
+        wait = self.retry_after(address, user)
+        if wait > 0:
+            return wait
+        stamp = time.monotonic()
         for key, _ in self._keys(address, user):
-            self._recent(key).append(time.monotonic())
+            self._recent(key).append(stamp)
+        return None
 
     def succeeded(self, address: str, user: str) -> None:
-        self._failures.pop(f"pair:{address}:{user}", None)
+        """A right password: forget this pair's attempts and take one attempt back from the address."""
+        self._attempts.pop(f"pair:{address}:{user}", None)
+        queue = self._attempts.get(f"ip:{address}")
+        if queue:
+            queue.pop()
+
+
+class PasswordChecker:
+    """Every password check of `sercon serve`, web and SSH alike: rate limited before hashing, at
+    most `concurrency` scrypt runs at once (each is ~100 ms of CPU and 32 MiB), and audited."""
+
+    def __init__(self, limiter: RateLimiter, concurrency: int = 2) -> None:
+        self.limiter = limiter
+        self._slots = asyncio.Semaphore(concurrency)
+        #: How many scrypt checks ran (tests read it through the audit log's login_failed/login_ok).
+        self.checks = 0
+
+    async def check(self, password: str, stored: str | None, address: str, user: str) -> tuple[bool, float]:
+        """(ok, retry_after): retry_after > 0 means refused by the limiter without hashing."""
+        wait = self.limiter.begin(address, user)
+        if wait is not None:
+            return False, wait
+        async with self._slots:
+            self.checks += 1
+            loop = asyncio.get_running_loop()
+            ok = await loop.run_in_executor(None, verify_password, password, stored)
+        if ok:
+            self.limiter.succeeded(address, user)
+        return ok, 0.0

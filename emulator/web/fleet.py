@@ -16,6 +16,7 @@ A fleet file is TOML (see `examples/fleet.toml`):
     image = "linux-initramfs"     # recipe name or kernel/disk path, as for `sercon up`
     policy = "takeover"           # second interactive user: takeover (Azure) or reject (AWS)
     console = true                # false: this VM's console is disabled
+    rfc2217 = false               # true: also an unauthenticated RFC 2217 port on 127.0.0.1 (see below)
     memory_mb = 256               # any other GuestSpec field
     roles = { alice = "owner", bob = "contributor", carol = "reader" }
 
@@ -31,6 +32,10 @@ A fleet file is TOML (see `examples/fleet.toml`):
 Roles (Azure's model): `owner` may do everything, including enabling and disabling the console;
 `contributor` gets the console, power actions, SysRq, NMI and boot diagnostics; `reader` gets boot
 diagnostics only (serial log, screenshot). A role on a scale set applies to each of its instances.
+
+Types are checked strictly: `console_enabled = "false"` is an error naming the key, not true.
+An RFC 2217 port has no logins and no roles: any local user who finds it gets that console, so a
+fleet VM has none unless its table says `rfc2217 = true`.
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 #: Keys of a VM / scale-set table that are not GuestSpec fields.
-FLEET_KEYS = {"image", "roles", "console", "instances"}
+FLEET_KEYS = {"image", "roles", "console", "instances", "rfc2217"}
 SERVE_KEYS = {"host", "port", "ssh_port", "console_enabled", "idle_timeout", "cert", "key", "audit_log",
               "ssh_host_key"}
 
@@ -81,6 +86,8 @@ class Vm:
     roles: dict[str, Role]
     console: bool = True
     scale_set: str | None = None
+    #: An unauthenticated RFC 2217 port on 127.0.0.1 for this guest (off unless the fleet asks).
+    rfc2217: bool = False
 
     @property
     def policy(self) -> str:
@@ -126,6 +133,25 @@ def _fail(path: Path, where: str, message: str) -> FleetError:
     return FleetError(f"{path}: {where}: {message}")
 
 
+_MISSING = object()
+
+
+def _typed(path: Path, where: str, table: dict[str, Any], key: str, kind: type | tuple[type, ...],
+           default: Any, what: str) -> Any:
+    """`table[key]` if it has the right TOML type (booleans are never numbers), else one clear error."""
+    value = table.get(key, _MISSING)
+    if value is _MISSING:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+        raise _fail(path, where, f"{key} must be {what}, not {value!r} ({type(value).__name__})")
+    return value
+
+
+def _bool(path: Path, where: str, table: dict[str, Any], key: str, default: bool) -> bool:
+    return bool(_typed(path, where, table, key, bool, default, "true or false (no quotes)"))
+
+
 def _roles(path: Path, where: str, raw: Any, users: dict[str, Any]) -> dict[str, Role]:
     if raw is None:
         return {}
@@ -168,6 +194,8 @@ def load_fleet(path: str | Path) -> Fleet:
     except tomllib.TOMLDecodeError as exc:
         raise FleetError(f"{path}: not valid TOML: {exc}") from exc
     serve = data.get("serve", {})
+    if not isinstance(serve, dict):
+        raise _fail(path, "serve", "must be a table: [serve]")
     unknown = sorted(set(serve) - SERVE_KEYS)
     if unknown:
         raise _fail(path, "[serve]", f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(SERVE_KEYS))}")
@@ -179,17 +207,30 @@ def load_fleet(path: str | Path) -> Fleet:
     def rel(value: Any) -> Path | None:
         return (path.parent / str(value)).resolve() if value else None
 
+    def port(key: str, default: int) -> int:
+        value = int(_typed(path, "[serve]", serve, key, int, default, "a port number from 0 to 65535"))
+        if not 0 <= value <= 65535:
+            raise _fail(path, "[serve]", f"{key} must be a port number from 0 to 65535, not {value}")
+        return value
+
+    def text(table: dict[str, Any], where: str, key: str) -> str | None:
+        value = _typed(path, where, table, key, str, None, "a string in quotes")
+        return str(value) if value is not None else None
+
+    idle = float(_typed(path, "[serve]", serve, "idle_timeout", (int, float), 900, "a number of seconds"))
+    if not 1 <= idle <= 7 * 24 * 3600:
+        raise _fail(path, "[serve]", f"idle_timeout must be from 1 to 604800 seconds, not {idle:g}")
     fleet = Fleet(
         path=path,
-        host=str(serve.get("host", "127.0.0.1")),
-        port=int(serve.get("port", 8443)),
-        ssh_port=int(serve.get("ssh_port", 8022)),
-        console_enabled=bool(serve.get("console_enabled", True)),
-        idle_timeout=float(serve.get("idle_timeout", 900)),
-        cert=rel(serve.get("cert")),
-        key=rel(serve.get("key")),
-        audit_log=rel(serve.get("audit_log")),
-        ssh_host_key=rel(serve.get("ssh_host_key")),
+        host=text(serve, "[serve]", "host") or "127.0.0.1",
+        port=port("port", 8443),
+        ssh_port=port("ssh_port", 8022),
+        console_enabled=_bool(path, "[serve]", serve, "console_enabled", True),
+        idle_timeout=idle,
+        cert=rel(text(serve, "[serve]", "cert")),
+        key=rel(text(serve, "[serve]", "key")),
+        audit_log=rel(text(serve, "[serve]", "audit_log")),
+        ssh_host_key=rel(text(serve, "[serve]", "ssh_host_key")),
     )
     if (fleet.cert is None) != (fleet.key is None):
         raise _fail(path, "[serve]", "give both cert and key, or neither (a self-signed pair is then generated)")
@@ -203,7 +244,12 @@ def load_fleet(path: str | Path) -> Fleet:
         keys = table.get("ssh_keys", [])
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             raise _fail(path, f"[users.{name}]", "ssh_keys must be a list of public key lines")
-        fleet.users[name] = User(name=name, password_hash=table.get("password"), ssh_keys=list(keys))
+        password = _typed(path, f"[users.{name}]", table, "password", str, None, 'a hash string ("scrypt$...")')
+        unknown_user_keys = sorted(set(table) - {"password", "ssh_keys"})
+        if unknown_user_keys:
+            raise _fail(path, f"[users.{name}]", f"unknown setting(s) {', '.join(unknown_user_keys)}; "
+                        "known: password, ssh_keys")
+        fleet.users[name] = User(name=name, password_hash=password, ssh_keys=list(keys))
 
     guest_names: set[str] = set()
 
@@ -213,29 +259,33 @@ def load_fleet(path: str | Path) -> Fleet:
         guest_names.add(vm.guest_name)
         fleet.vms[vm.name] = vm
 
+    for section in ("vms", "scale_sets", "users"):
+        if not isinstance(data.get(section, {}), dict) or not all(
+                isinstance(t, dict) for t in data.get(section, {}).values()):
+            raise _fail(path, section, f"each entry must be a table, e.g. [{section}.NAME]")
     for name, table in data.get("vms", {}).items():
         where = f"[vms.{name}]"
         if not NAME_RE.match(name):
             raise _fail(path, where, "VM names are letters, digits, '.', '_' and '-' (max 63), "
                         "starting with a letter or digit")
-        add(Vm(name=name, guest_name=name, image=str(table.get("image", "linux-initramfs")),
+        add(Vm(name=name, guest_name=name, image=text(table, where, "image") or "linux-initramfs",
                overrides=_spec_overrides(path, where, table), roles=_roles(path, where, table.get("roles"), users_raw),
-               console=bool(table.get("console", True))))
+               console=_bool(path, where, table, "console", True), rfc2217=_bool(path, where, table, "rfc2217", False)))
     for name, table in data.get("scale_sets", {}).items():
         where = f"[scale_sets.{name}]"
         if not NAME_RE.match(name) or len(name) > 56:
             raise _fail(path, where, "scale-set names are letters, digits, '.', '_' and '-' (max 56)")
         count = table.get("instances", 1)
-        if not isinstance(count, int) or not 1 <= count <= 100:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
             raise _fail(path, where, "instances must be a whole number from 1 to 100")
         roles = _roles(path, where, table.get("roles"), users_raw)
         overrides = _spec_overrides(path, where, table)
         fleet.scale_sets[name] = []
         for index in range(count):
             vm = Vm(name=f"{name}/{index}", guest_name=f"{name}-{index}",
-                    image=str(table.get("image", "linux-initramfs")),
-                    overrides=dict(overrides), roles=dict(roles), console=bool(table.get("console", True)),
-                    scale_set=name)
+                    image=text(table, where, "image") or "linux-initramfs",
+                    overrides=dict(overrides), roles=dict(roles), console=_bool(path, where, table, "console", True),
+                    scale_set=name, rfc2217=_bool(path, where, table, "rfc2217", False))
             add(vm)
             fleet.scale_sets[name].append(vm.name)
     if not fleet.vms:

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import paths
 from ..errors import (
-    ERROR_CLASSES,
     ActionFailed,
     ConsoleBusy,
+    ControlError,
     GuestNotRunning,
     InvalidSysRqKey,
     SerconError,
@@ -27,19 +28,28 @@ from ..errors import (
 )
 from ..images import resolve_image
 from ..machine import Machine
-from ..owner import TAKEOVER_NOTICE
+from ..operations import Operation, gateway_operations, lookup
+from ..owner import SYSRQ_MAX_KEYS
+from ..protocol import Frame, FrameDecoder, decode_reply, make_hello
 from ..serial_log import LogChunk, read_log
 from ..sysrq import parse_keys
 from .audit import AuditLog
-from .auth import RateLimiter
+from .auth import PasswordChecker, RateLimiter
 from .fleet import Fleet, Vm
 
+_EXAMPLES = {"sysrq": '{"keys": "h"} (one key) or {"keys": "reisub"} (a sequence)',
+             "restart": '{"timeout": SECONDS} from 1 to 600 (default 60)'}
 #: The Azure console's paste cap.
 PASTE_CAP = 2048
 #: Largest serial-log page one request returns.
 LOG_PAGE_MAX = 1024 * 1024
-TAKEOVER_MARK = TAKEOVER_NOTICE.split("{who}")[0].encode()[-40:]
-ACTIONS = {"restart": "power", "reset": "power", "power-cycle": "power", "nmi": "nmi", "sysrq": "sysrq"}
+#: Most console output a (re)connecting client gets replayed; older output is in the serial log API.
+REPLAY_MAX = 256 * 1024
+#: Open consoles one user may hold (all VMs), and one VM may serve (all users).
+CONSOLES_PER_USER = 8
+CONSOLES_PER_VM = 16
+#: The actions the gateway offers (`POST /api/vms/{vm}/{name}`), from the operations table.
+ACTIONS: dict[str, Operation] = gateway_operations()
 
 
 class AccessError(SerconError):
@@ -73,6 +83,14 @@ def status_of(exc: SerconError) -> tuple[int, str]:
     return 500, "error"
 
 
+#: Reads closer together than this are a burst of output...
+STREAM_GAP_S = 0.01
+#: ...if the last read brought at least this many bytes (an echo is a few bytes)...
+COALESCE_MIN = 64
+#: ...during which each read first lets output gather for this long.
+COALESCE_S = 0.01
+
+
 @dataclass(eq=False)
 class ConsoleConnection:
     """One console-socket connection to a guest's owner, after the handshake."""
@@ -85,14 +103,60 @@ class ConsoleConnection:
     #: Serial-log offset of the first byte this connection delivers (replay included).
     start: int
     took_over: str | None
+    user: str = ""
+    #: The web session (its cookie) this console belongs to, so logout can end it.
+    session: str | None = None
     #: time.monotonic() of the last keystrokes written (0: none yet).
     last_input: float = 0.0
-    #: Set when sercon serve itself ends the connection (e.g. "disabled").
+    #: Set when sercon serve itself ends the connection (e.g. "disabled", "logout").
     ended_by_server: str | None = None
+    #: Set by the owner's "closed" event (e.g. "takeover"): never read from the guest's bytes.
+    ended_by_owner: str | None = None
 
     def close(self) -> None:
         if not self.writer.is_closing():
             self.writer.close()
+
+    def end(self, reason: str) -> None:
+        """End this console from the gateway's side (disabled, logout, expired)."""
+        self.ended_by_server = self.ended_by_server or reason
+        self.close()
+
+    @property
+    def reason(self) -> str:
+        """Why the stream ended: the gateway's reason, else the owner's event, else "guest"."""
+        return self.ended_by_server or self.ended_by_owner or "guest"
+
+    async def output(self, limit: int = 256 * 1024) -> AsyncIterator[bytes]:
+        """Guest output in as few pieces as keeps it prompt, until the stream ends.
+
+        A keystroke's echo goes out at once; during a burst (reads of `COALESCE_MIN` bytes or more,
+        less than `STREAM_GAP_S` apart) each read waits `COALESCE_S` first, so one websocket frame
+        or TLS record carries kilobytes instead of a few bytes. Session events from the owner
+        (takeover) are taken from their frames here, never from the guest's bytes."""
+        decoder = FrameDecoder()
+        last, size = 0.0, 0
+        while True:
+            if size >= COALESCE_MIN and time.monotonic() - last < STREAM_GAP_S:
+                await asyncio.sleep(COALESCE_S)
+            try:
+                raw = await self.reader.read(limit)
+            except ConnectionError:
+                raw = b""
+            if not raw:
+                return
+            last, size = time.monotonic(), len(raw)
+            data = b"".join(self._take(frame) for frame in decoder.feed(raw))
+            if data:
+                yield data
+
+    def _take(self, frame: Frame) -> bytes:
+        if frame.kind == "data":
+            return frame.data
+        event = frame.event or {}
+        if event.get("type") == "closed" and self.ended_by_owner is None:
+            self.ended_by_owner = str(event.get("reason", "guest"))
+        return b""
 
 
 class FleetHost:
@@ -103,8 +167,9 @@ class FleetHost:
         self.vm_console: dict[str, bool] = {name: vm.console for name, vm in fleet.vms.items()}
         self.started: list[Machine] = []
         self.state_dir = paths.home() / "serve"
-        #: Failed logins, shared by the web and SSH front ends.
+        #: Login attempts and password checks, shared by the web and SSH front ends.
         self.limiter = RateLimiter()
+        self.passwords = PasswordChecker(self.limiter)
         #: Open console connections per VM name (so disabling a console ends them).
         self.connections: dict[str, set[ConsoleConnection]] = {}
 
@@ -122,7 +187,7 @@ class FleetHost:
         from concurrent.futures import ThreadPoolExecutor
 
         def boot(vm: Vm) -> None:
-            machine = Machine(specs[vm.image], name=vm.guest_name, **vm.overrides)
+            machine = Machine(specs[vm.image], name=vm.guest_name, rfc2217=vm.rfc2217, **vm.overrides)
             machine.start()
             self.started.append(machine)
             log(f"  {vm.name}: started guest {vm.guest_name}")
@@ -179,16 +244,25 @@ class FleetHost:
         self.audit.write("console_enabled", user=user, vm=vm.name, source=source, via=via, enabled=enabled)
         if not enabled:
             for conn in list(self.connections.get(vm.name, ())):
-                conn.ended_by_server = "disabled"
-                conn.close()
+                conn.end("disabled")
+
+    def end_session_consoles(self, session: str, reason: str) -> int:
+        """End every console opened under a web session (logout, expiry); returns how many."""
+        ended = [c for conns in self.connections.values() for c in conns if c.session == session]
+        for conn in ended:
+            conn.end(reason)
+        return len(ended)
 
     # ------------------------------------------------------------ control socket
 
     def folder(self, vm: Vm) -> Path:
         return paths.guest_dir(vm.guest_name)
 
-    async def control(self, vm: Vm, op: str, wait: float = 60.0, **args: Any) -> Any:
-        """One control-socket request; `wait` is how long to wait for the answer."""
+    async def control(self, vm: Vm, op: str, by: str | None = None, **args: Any) -> Any:
+        """One control-socket request (the operations table gives how long to wait for the answer);
+        `by` says for whom, and the owner records it with every event the operation writes."""
+        entry = lookup(op)
+        wait = entry.timeout(args)
         try:
             reader, writer = await asyncio.open_unix_connection(str(self.folder(vm) / "control.sock"),
                                                                 limit=16 * 1024 * 1024)
@@ -196,7 +270,7 @@ class FleetHost:
             raise GuestNotRunning(f"{vm.name}: its owner process is not running (start the fleet again, "
                                   f"or `sercon up --name {vm.guest_name}`)") from exc
         try:
-            writer.write(json.dumps({"op": op, **args}).encode() + b"\n")
+            writer.write(json.dumps({"op": entry.name, **args, **({"by": by} if by else {})}).encode() + b"\n")
             line = await asyncio.wait_for(reader.readline(), wait)
         except TimeoutError as exc:
             raise ActionFailed(f"{vm.name}: {op} did not finish within {wait:.0f}s") from exc
@@ -204,54 +278,43 @@ class FleetHost:
             writer.close()
         if not line:
             raise GuestNotRunning(f"{vm.name}: the owner closed the control connection during {op}")
-        reply = json.loads(line)
-        if reply.get("ok"):
-            return reply.get("result")
-        error = reply.get("error", {})
-        raise ERROR_CLASSES.get(error.get("type", ""), SerconError)(error.get("message", "unknown error"))
+        return decode_reply(json.loads(line), op)
 
     async def info(self, vm: Vm) -> dict[str, Any]:
         try:
-            result: dict[str, Any] = await self.control(vm, "info", wait=10)
+            result: dict[str, Any] = await self.control(vm, "info")
             return result
         except SerconError as exc:
             return {"state": "unreachable", "error": str(exc)}
 
     async def action(self, user: str, name: str, action: str, source: str, via: str,
                      body: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Power, NMI or SysRq on a VM, authorized and audited."""
-        if action not in ACTIONS:
+        """An operation of the table offered by the gateway (power, SysRq, NMI, BREAK), authorized by
+        its permission, its arguments checked by the table, audited."""
+        op = ACTIONS.get(action)
+        if op is None or op.permission is None:
             raise AccessError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}", 404, "unknown_action")
-        vm = self.authorize(user, name, ACTIONS[action], source, via)
+        vm = self.authorize(user, name, op.permission, source, via)
         body = body or {}
         fields: dict[str, Any] = {}
-        if action == "sysrq":
-            keys = body.get("keys")
-            if not isinstance(keys, str):
-                raise AccessError('sysrq needs {"keys": "h"} (one key) or {"keys": "reisub"} (a sequence)', 422,
-                                  "invalid_sysrq_key")
+        try:
+            args = op.parse({k: v for k, v in body.items() if k != "interval"})
+        except ControlError as exc:
+            code = {"sysrq": "invalid_sysrq_key", "restart": "bad_timeout"}.get(op.name, "bad_body")
+            raise AccessError(f"{exc}; for example {_EXAMPLES.get(op.name, '{}')}", 422, code) from exc
+        if op.name == "sysrq":
             try:
-                fields["keys"] = "".join(parse_keys(keys))
+                parsed = parse_keys(args["keys"])
+                if len(parsed) > SYSRQ_MAX_KEYS:
+                    raise InvalidSysRqKey(f"a SysRq sequence has at most {SYSRQ_MAX_KEYS} keys, not {len(parsed)}")
+                args["keys"] = fields["keys"] = "".join(parsed)
             except InvalidSysRqKey:
                 self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
-                                 error="invalid key", keys=keys[:40])
+                                 error="invalid key", keys=args["keys"][:40])
                 raise
-        timeout = body.get("timeout", 60)
-        if action == "restart" and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                    or not 1 <= timeout <= 600):
-            raise AccessError('restart takes {"timeout": SECONDS} from 1 to 600 (default 60)', 422, "bad_timeout")
         started = time.monotonic()
         try:
-            if action == "sysrq":
-                result = await self.control(vm, "sysrq", keys=fields["keys"], interval=0.1)
-            elif action == "nmi":
-                result = await self.control(vm, "nmi")
-            elif action == "reset":
-                result = await self.control(vm, "reset")
-            elif action == "restart":
-                result = await self.control(vm, "restart", wait=timeout + 30, timeout=timeout)
-            else:
-                result = await self.control(vm, "power_cycle", wait=120)
+            result = await self.control(vm, op.name, by=f"{via}:{user}@{source}", **args)
         except SerconError as exc:
             self.audit.write("action", user=user, vm=vm.name, source=source, via=via, action=action, ok=False,
                              error=str(exc)[:300], **fields)
@@ -270,14 +333,23 @@ class FleetHost:
     async def screenshot(self, vm: Vm) -> bytes:
         target = self.state_dir / "screenshots" / f"{vm.guest_name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        await self.control(vm, "screenshot", path=str(target))
+        await self.control(vm, "screenshot", by=f"gateway:{vm.name}", path=str(target))
         return target.read_bytes()
 
     # ------------------------------------------------------------ console socket
 
-    async def open_console(self, vm: Vm, mode: str, user: str, source: str, via: str,
-                           from_offset: int | None) -> ConsoleConnection:
-        """A console connection for an authorized user (mode `interactive` or `read`), audited."""
+    async def open_console(self, vm_name: str, mode: str, user: str, source: str, via: str,
+                           from_offset: int | None, session: str | None = None) -> ConsoleConnection:
+        """A console connection (mode `interactive` or `read`), authorized and audited on every call:
+        a reconnect after a takeover or an idle close is checked as a new connection is."""
+        vm = self.authorize(user, vm_name, "console", source, via)
+        self.check_console_enabled(vm, user, source, via)
+        mine = sum(1 for conns in self.connections.values() for c in conns if c.user == user)
+        if mine >= CONSOLES_PER_USER or len(self.connections.get(vm.name, ())) >= CONSOLES_PER_VM:
+            self.audit.write("console_refused", user=user, vm=vm.name, source=source, via=via, reason="too many")
+            limit = (f"{user!r} has {mine} consoles open (at most {CONSOLES_PER_USER})" if mine >= CONSOLES_PER_USER
+                     else f"{vm.name} has {CONSOLES_PER_VM} consoles open, the most it serves")
+            raise AccessError(f"{limit}; close one first", 429, "too_many_consoles")
         label = f"{via}:{user}@{source}"
         holder = None
         if mode == "interactive":
@@ -287,29 +359,28 @@ class FleetHost:
             reader, writer = await asyncio.open_unix_connection(str(self.folder(vm) / "console.sock"))
         except OSError as exc:
             raise GuestNotRunning(f"{vm.name}: its owner process is not running") from exc
-        hello = {"mode": mode, "client": label, "from_offset": from_offset, "notices": False}
-        writer.write(json.dumps(hello).encode() + b"\n")
+        writer.write(make_hello(mode, label, from_offset=from_offset, events=True, replay_max=REPLAY_MAX))
         try:
             line = await asyncio.wait_for(reader.readline(), 15)
         except (TimeoutError, ConnectionError) as exc:
             writer.close()
             raise ActionFailed(f"{vm.name}: the console did not answer") from exc
-        reply: dict[str, Any] = json.loads(line) if line else {"ok": False, "error": {"message": "console closed"}}
-        if not reply.get("ok"):
+        try:
+            reply = decode_reply(json.loads(line) if line else {"ok": False, "error": {
+                "message": "the console closed the connection during the handshake"}}, "the console handshake")
+        except (SerconError, ValueError) as exc:
             writer.close()
-            error = reply.get("error", {})
-            exc_class = ERROR_CLASSES.get(error.get("type", ""), SerconError)
             self.audit.write("console_refused", user=user, vm=vm.name, source=source, via=via, mode=mode,
-                             reason=error.get("message", "")[:300], holder=holder)
-            raise exc_class(error.get("message", "the console refused the connection"))
-        live = int(reply["offset"])
-        start = live if from_offset is None else (from_offset if from_offset >= 0 else max(0, live + from_offset))
-        start = min(start, live)
+                             reason=str(exc)[:300], holder=holder)
+            if isinstance(exc, SerconError):
+                raise
+            raise ControlError(f"{vm.name}: the console answered the handshake with garbage ({exc})") from exc
+        start = int(reply.get("replay_from", reply["offset"]))
         if holder:
             self.audit.write("console_takeover", user=user, vm=vm.name, source=source, via=via, previous=holder)
         self.audit.write("console_connect", user=user, vm=vm.name, source=source, via=via, mode=mode)
         conn = ConsoleConnection(vm=vm, reader=reader, writer=writer, mode=mode, label=label, start=start,
-                                 took_over=holder)
+                                 took_over=holder, user=user, session=session)
         self.connections.setdefault(vm.name, set()).add(conn)
         return conn
 

@@ -15,8 +15,10 @@ import argparse
 import asyncio
 import getpass
 import hashlib
+import ipaddress
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -26,8 +28,8 @@ from aiohttp import web
 from .. import paths
 from ..errors import SerconError
 from .audit import AuditLog
-from .auth import hash_password
-from .fleet import load_fleet, set_user
+from .auth import hash_password, verify_password
+from .fleet import Fleet, load_fleet, set_user
 from .guests import FleetHost
 from .tls import ensure_certificate, fingerprint, server_context
 from .web import make_app
@@ -38,13 +40,38 @@ def _state_dir(fleet_path: Path) -> Path:
     return paths.home() / "serve" / f"{fleet_path.stem}-{tag}"
 
 
+#: The passwords of the demo users in examples/fleet.toml: never served beyond this machine.
+DEMO_PASSWORDS = ("alice-owner-demo", "bob-contrib-demo", "carol-reader-demo")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def refuse_demo_passwords(fleet: Fleet, host: str) -> None:
+    """On an address other machines can reach, no user may have a demo password (each costs one scrypt)."""
+    if is_loopback(host):
+        return
+    for user in fleet.users.values():
+        if user.password_hash and any(verify_password(p, user.password_hash) for p in DEMO_PASSWORDS):
+            raise SerconError(
+                f"user {user.name!r} of {fleet.path} has a demo password, and {host} is not a loopback address; "
+                f"set a real one first: sercon user add {fleet.path} {user.name}")
+
+
 async def _serve(args: argparse.Namespace) -> int:
     fleet = load_fleet(args.fleet)
     host_addr = args.host or fleet.host
+    refuse_demo_passwords(fleet, host_addr)
     port = fleet.port if args.port is None else args.port
     ssh_port = fleet.ssh_port if args.ssh_port is None else args.ssh_port
     state = _state_dir(fleet.path)
-    state.mkdir(parents=True, exist_ok=True)
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert, key, generated = ensure_certificate(fleet.cert, fleet.key, paths.home() / "serve" / "tls", host_addr)
     context = server_context(cert, key)
     audit = AuditLog(fleet.audit_log or state / "audit.jsonl")
@@ -52,7 +79,8 @@ async def _serve(args: argparse.Namespace) -> int:
     print(f"sercon serve: {len(fleet.vms)} guest(s) from {fleet.path}", flush=True)
     loop = asyncio.get_running_loop()
     app = make_app(host)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2)
+    # handler_cancellation: a request whose client went away stops (a SysRq sequence stops sending).
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2, handler_cancellation=True)
     ssh_server = None
     try:
         await loop.run_in_executor(None, host.start_guests)
@@ -105,6 +133,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-ssh", action="store_true", help="do not start the SSH front end")
     parser.add_argument("--keep-guests", action="store_true", help="leave the guests running on exit")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the audit log, TLS key, SSH host key, screenshots: this user's only
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return asyncio.run(_serve(args))

@@ -13,29 +13,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 
 from ..errors import SerconError
-from .auth import verify_password
-from .fleet import Vm
-from .guests import TAKEOVER_MARK, ConsoleConnection, FleetHost
-from .web import coalesced
+from ..ssh_escape import HELP, Help, Quit, Send, SshEscapeParser, SysRq
+from .bridge import End, Input, Keepalive, SysRqKey, ToGuest, ToUser, run_bridge
+from .guests import FleetHost
 
-HELP = (
-    "\r\nSupported escape sequences (at the start of a line):\r\n"
-    " ~B  then a key: send SysRq (for example ~B h for help); one ~B per key\r\n"
-    " ~.  disconnect\r\n"
-    " ~?  this help\r\n"
-    " ~~  send a single ~\r\n"
-)
-
-
-#: How long input typed just before a SysRq gets to reach the guest before the BREAK is sent.
-SYSRQ_SETTLE_S = 0.3
+#: Key exchange, ciphers, MACs and signatures offered, chosen explicitly: nothing with SHA-1, no CBC.
+KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org", "ecdh-sha2-nistp256",
+            "ecdh-sha2-nistp384", "ecdh-sha2-nistp521", "diffie-hellman-group16-sha512",
+            "diffie-hellman-group18-sha512", "diffie-hellman-group14-sha256"]
+ENCRYPTION_ALGS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
+                   "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512"]
+SIGNATURE_ALGS = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+                  "rsa-sha2-512", "rsa-sha2-256", "sk-ssh-ed25519@openssh.com",
+                  "sk-ecdsa-sha2-nistp256@openssh.com"]
 
 
 def ensure_host_key(path: Path) -> asyncssh.SSHKey:
@@ -113,18 +110,15 @@ class _Server(asyncssh.SSHServer):
         user, _ = split_username(username)
         audit = self.front.host.audit
         address = self.source.rsplit(":", 1)[0]
-        if self.front.limiter.retry_after(address, user) > 0:
-            audit.write("login_rate_limited", user=user, source=self.source, via="ssh")
-            return False
         account = self.front.host.fleet.users.get(user)
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, verify_password, password, account.password_hash if account else None)
-        if ok:
+        ok, wait = await self.front.host.passwords.check(password, account.password_hash if account else None,
+                                                         address, user)
+        if wait > 0:
+            audit.write("login_rate_limited", user=user, source=self.source, via="ssh")
+        elif ok:
             self.password_used = True
-            self.front.limiter.succeeded(address, user)
             audit.write("login_ok", user=user, source=self.source, via="ssh", method="password")
         else:
-            self.front.limiter.failed(address, user)
             audit.write("login_failed", user=user, source=self.source, via="ssh", method="password")
         return ok
 
@@ -133,10 +127,41 @@ class _Server(asyncssh.SSHServer):
             self.front.host.audit.write("login_ok", user=self.user, source=self.source, via="ssh", method="publickey")
 
 
+class _SshInput:
+    """The session's keystrokes as bridge items, through the `~` escape parser (state kept across
+    console sessions, like the one pending read of stdin)."""
+
+    def __init__(self, raw: _Input) -> None:
+        self.raw = raw
+        self.parser = SshEscapeParser()
+
+    def future(self) -> asyncio.Future[bytes | None]:
+        return self.raw.future()
+
+    def take(self) -> list[Input]:
+        data = self.raw.take()
+        if data is BREAK:
+            self.parser.brk()
+            return [Keepalive()]
+        if not data:
+            return [End("eof")]
+        items: list[Input] = []
+        for action in self.parser.feed(data):
+            if isinstance(action, Send):
+                items.append(ToGuest(action.data))
+            elif isinstance(action, SysRq):
+                items.append(SysRqKey(action.key))
+            elif isinstance(action, Help):
+                items.append(ToUser(HELP))
+            elif isinstance(action, Quit):
+                items.append(End("quit"))
+                break
+        return items
+
+
 class SshFrontEnd:
     def __init__(self, host: FleetHost) -> None:
         self.host = host
-        self.limiter = host.limiter
 
     async def handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         username = process.get_extra_info("username") or ""
@@ -154,11 +179,10 @@ class SshFrontEnd:
             process.exit(1)
             return
         process.stdout.write(f"[sercon] serial console of {vm.name} (~? lists escapes)\r\n".encode())
-        from_offset: int | None = -4096
-        inp = _Input()
-        reader_task = asyncio.create_task(self.read_input(process, inp.queue))
+        raw = _Input()
+        reader_task = asyncio.create_task(self.read_input(process, raw.queue))
         try:
-            await self.sessions(process, vm, user, source, inp, from_offset)
+            await self.sessions(process, vm.name, user, source, _SshInput(raw), -4096)
         except (asyncssh.Error, ConnectionError, asyncio.CancelledError):
             pass
         except Exception:
@@ -168,30 +192,43 @@ class SshFrontEnd:
         finally:
             reader_task.cancel()
 
-    async def sessions(self, process: asyncssh.SSHServerProcess[bytes], vm: Vm, user: str, source: str,
-                       inp: _Input, from_offset: int | None) -> None:
+    async def sessions(self, process: asyncssh.SSHServerProcess[bytes], vm_name: str, user: str, source: str,
+                       inp: _SshInput, from_offset: int | None) -> None:
         host = self.host
+
+        async def show(data: bytes) -> None:
+            process.stdout.write(data)
+            await process.stdout.drain()
+
+        async def tell(text: str) -> None:
+            process.stdout.write(text.encode() if text.startswith("\r\n") else f"\r\n[sercon] {text}\r\n".encode())
+
+        reconnect = False
         while True:
             try:
-                conn = await host.open_console(vm, "interactive", user, source, "ssh", from_offset)
+                # Authorized and checked against the console switch on every (re)connect.
+                conn = await host.open_console(vm_name, "interactive", user, source, "ssh", from_offset)
             except SerconError as exc:
-                process.stderr.write(f"sercon: {exc}\r\n".encode())
+                process.stderr.write(f"\r\nsercon: {exc}\r\n".encode())
                 process.exit(1)
                 return
-            reason, position = await self.bridge(process, inp, conn, user, source)
+            if reconnect:
+                process.stdout.write(f"[sercon] reconnected to the serial console of {vm_name}\r\n".encode())
+            inp.parser.reset()
+            reason, position = await run_bridge(host, conn, inp, show=show, tell=tell, source=source, via="ssh")
             host.console_closed(conn, user, source, "ssh", reason)
             if reason in ("quit", "eof"):
                 process.exit(0)
                 return
             if reason in ("takeover", "idle"):
                 process.stdout.write(b"\r\n[sercon] The serial console connection was closed"
-                                     + (b" after a long time without input" if reason == "idle" else b"")
+                                     + (b": another user took over the console" if reason == "takeover" else
+                                        b" after a long time without input")
                                      + b". To reconnect, press Enter (~. to quit).\r\n")
-                if not await self.wait_for_enter(inp):
+                if not await self.wait_for_enter(inp.raw):
                     process.exit(0)
                     return
-                from_offset = position
-                process.stdout.write(f"[sercon] reconnected to the serial console of {vm.name}\r\n".encode())
+                from_offset, reconnect = position, True
                 continue
             process.stdout.write(f"\r\n[sercon] console closed ({reason})\r\n".encode())
             process.exit(0)
@@ -217,7 +254,8 @@ class SshFrontEnd:
                 return
             await queue.put(data)
 
-    async def wait_for_enter(self, inp: _Input) -> bool:
+    @staticmethod
+    async def wait_for_enter(inp: _Input) -> bool:
         while True:
             data = await inp.get()
             if data is BREAK:
@@ -227,101 +265,6 @@ class SshFrontEnd:
             if b"\r" in data or b"\n" in data:
                 return True
 
-    async def bridge(self, process: asyncssh.SSHServerProcess[bytes], inp: _Input,
-                     conn: ConsoleConnection, user: str, source: str) -> tuple[str, int]:
-        """Pump both ways until one side ends; returns (reason, serial-log offset reached)."""
-        position = conn.start
-        state = {"reason": ""}
-
-        async def out() -> None:
-            nonlocal position
-            tail = b""
-            async for data in coalesced(conn.reader):
-                tail = (tail + data)[-512:]
-                position += len(data)
-                process.stdout.write(data)
-                await process.stdout.drain()
-            state["reason"] = conn.ended_by_server or ("takeover" if TAKEOVER_MARK in tail else "guest")
-
-        pump = asyncio.create_task(out())
-        at_line_start = True
-        pending_tilde = False
-        pending_break = False
-        idle = self.host.fleet.idle_timeout
-        last_input = time.monotonic()
-        try:
-            while True:
-                remaining = idle - (time.monotonic() - last_input)
-                read = inp.future()
-                waitables: set[asyncio.Future[Any]] = {read, pump}
-                done, _ = await asyncio.wait(waitables, timeout=max(0.0, remaining),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if read not in done:
-                    # Keep the pending get for the next bridge / wait_for_enter: no input is lost.
-                    return (state["reason"] if pump in done else "idle"), position
-                data = inp.take()
-                if data is BREAK:
-                    pending_break = True
-                    last_input = time.monotonic()
-                    continue
-                if not data:
-                    return "eof", position
-                last_input = time.monotonic()
-                send = bytearray()
-                for byte in data:
-                    ch = bytes([byte])
-                    if pending_break:
-                        pending_break = False
-                        await self.flush(conn, send)
-                        send.clear()
-                        await self.sysrq(process, conn, user, source, ch.decode("latin-1"))
-                        continue
-                    if pending_tilde:
-                        pending_tilde = False
-                        if ch in (b"B", b"b"):
-                            pending_break = True
-                            continue
-                        if ch == b".":
-                            await self.flush(conn, send)
-                            return "quit", position
-                        if ch == b"?":
-                            process.stdout.write(HELP.encode())
-                            continue
-                        if ch == b"~":
-                            send += b"~"
-                            at_line_start = False
-                            continue
-                        send += b"~" + ch
-                        at_line_start = ch in (b"\r", b"\n")
-                        continue
-                    if ch == b"~" and at_line_start:
-                        pending_tilde = True
-                        continue
-                    send += ch
-                    at_line_start = ch in (b"\r", b"\n")
-                await self.flush(conn, send)
-        finally:
-            pump.cancel()
-
-    @staticmethod
-    async def flush(conn: ConsoleConnection, data: bytes | bytearray) -> None:
-        if data:
-            conn.writer.write(bytes(data))
-            await conn.writer.drain()
-            conn.last_input = time.monotonic()
-
-    async def sysrq(self, process: asyncssh.SSHServerProcess[bytes], conn: ConsoleConnection, user: str,
-                    source: str, key: str) -> None:
-        # A BREAK overtakes keystrokes still on their way to the UART, and the kernel would take the
-        # first of those as the SysRq key: let just-typed input (the Enter before ~B) land first.
-        settle = SYSRQ_SETTLE_S - (time.monotonic() - conn.last_input)
-        if settle > 0:
-            await asyncio.sleep(settle)
-        try:
-            await self.host.action(user, conn.vm.name, "sysrq", source, "ssh", {"keys": key})
-        except SerconError as exc:
-            process.stdout.write(f"\r\n[sercon] SysRq {key!r}: {exc}\r\n".encode())
-
 
 async def start_ssh(host: FleetHost, address: str, port: int, host_key_path: Path) -> tuple[Any, int]:
     """Start the SSH server; returns (server, bound port)."""
@@ -330,7 +273,8 @@ async def start_ssh(host: FleetHost, address: str, port: int, host_key_path: Pat
     server = await asyncssh.create_server(
         lambda: _Server(front), address, port, server_host_keys=[key], process_factory=front.handle,
         encoding=None, line_editor=False, allow_scp=False, agent_forwarding=False, x11_forwarding=False,
-        keepalive_interval=30, login_timeout=60,
+        keepalive_interval=30, login_timeout=60, kex_algs=KEX_ALGS, encryption_algs=ENCRYPTION_ALGS,
+        mac_algs=MAC_ALGS, signature_algs=SIGNATURE_ALGS, compression_algs=["none"],
     )
     bound = server.sockets[0].getsockname()[1] if server.sockets else port
     return server, bound

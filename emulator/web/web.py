@@ -18,16 +18,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from ..errors import SerconError
-from .auth import RateLimiter, Session, Sessions, verify_password
-from .guests import PASTE_CAP, TAKEOVER_MARK, AccessError, ConsoleConnection, FleetHost, status_of
+from .auth import SESSION_LIFETIME, RateLimiter, Session, Sessions
+from .bridge import End, Input, Keepalive, ToGuest, run_bridge
+from .guests import ACTIONS, PASTE_CAP, AccessError, ConsoleConnection, FleetHost, status_of
 
 STATIC = Path(__file__).resolve().parent / "static"
 NODE_MODULES = Path(__file__).resolve().parent / "node_modules"
@@ -35,12 +35,6 @@ COOKIE = "sercon_session"
 VM_PATTERN = r"{vm:[A-Za-z0-9][A-Za-z0-9_.-]{0,62}(?:/[0-9]{1,3})?}"
 WS_MAX_MESSAGE = 64 * 1024
 REPLAY_BYTES = 64 * 1024
-#: Reads closer together than this are a burst of output...
-STREAM_GAP_S = 0.01
-#: ...if the last read brought at least this many bytes (an echo is a few bytes)...
-COALESCE_MIN = 64
-#: ...during which each read first lets output gather for this long.
-COALESCE_S = 0.01
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 log = logging.getLogger("sercon.web")
@@ -48,24 +42,6 @@ HOST_KEY = web.AppKey("host", FleetHost)
 SESSIONS_KEY = web.AppKey("sessions", Sessions)
 LIMITER_KEY = web.AppKey("limiter", RateLimiter)
 SOCKETS_KEY = web.AppKey("sockets", set)
-
-
-async def coalesced(reader: asyncio.StreamReader, limit: int = 256 * 1024) -> AsyncIterator[bytes]:
-    """Guest output in as few pieces as keeps it prompt, until the stream ends.
-
-    A keystroke's echo goes out at once; during a burst (reads of `COALESCE_MIN` bytes or more,
-    less than `STREAM_GAP_S` apart)
-    each read waits `COALESCE_S` first, so one websocket frame / TLS record carries kilobytes
-    instead of a few bytes (the serial line delivers output in small pieces)."""
-    last, size = 0.0, 0
-    while True:
-        if size >= COALESCE_MIN and time.monotonic() - last < STREAM_GAP_S:
-            await asyncio.sleep(COALESCE_S)
-        data = await reader.read(limit)
-        if not data:
-            return
-        last, size = time.monotonic(), len(data)
-        yield data
 
 
 def source_of(request: web.Request) -> str:
@@ -177,21 +153,18 @@ class WebConsole:
         if (not isinstance(user, str) or not isinstance(password, str) or not user
                 or len(user) > 64 or len(password) > 1024):
             raise AccessError('send {"user": "...", "password": "..."}', 422, "bad_login")
-        wait = self.limiter.retry_after(address, user)
+        account = self.host.fleet.users.get(user)
+        ok, wait = await self.host.passwords.check(password, account.password_hash if account else None,
+                                                   address, user)
         if wait > 0:
             self.host.audit.write("login_rate_limited", user=user, source=source)
             response = json_error(429, "rate_limited", f"too many failed logins; try again in {wait:.0f} s",
                                   retry_after=round(wait))
             response.headers["Retry-After"] = str(max(1, round(wait)))
             return response
-        account = self.host.fleet.users.get(user)
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(None, verify_password, password, account.password_hash if account else None)
         if not ok:
-            self.limiter.failed(address, user)
             self.host.audit.write("login_failed", user=user, source=source)
             raise AccessError("wrong user name or password", 401, "bad_credentials")
-        self.limiter.succeeded(address, user)
         session = self.sessions.create(user, source)
         self.host.audit.write("login_ok", user=user, source=source)
         response = web.json_response({"user": user, "csrf": session.csrf})
@@ -201,7 +174,8 @@ class WebConsole:
     async def logout(self, request: web.Request) -> web.StreamResponse:
         session = self.require(request, state_changing=True)
         self.sessions.drop(session.token)
-        self.host.audit.write("logout", user=session.user, source=source_of(request))
+        ended = self.host.end_session_consoles(session.token, "logout")
+        self.host.audit.write("logout", user=session.user, source=source_of(request), consoles_closed=ended)
         response = web.json_response({"ok": True})
         response.del_cookie(COOKIE, path="/")
         return response
@@ -308,70 +282,40 @@ class WebConsole:
         self.sockets.add(ws)
         try:
             try:
-                conn = await self.host.open_console(vm, mode, session.user, source, "web", from_offset)
+                conn = await self.host.open_console(vm.name, mode, session.user, source, "web", from_offset,
+                                                    session=session.token)
             except SerconError as exc:
                 status, code = status_of(exc)
                 await ws.send_json({"type": "error", "status": status, "code": code, "message": str(exc),
                                     "fatal": True})
                 await ws.close(code=4000 + status, message=code.encode())
                 return ws
-            await self.bridge(ws, conn, session.user, source)
+            await self.bridge(ws, conn, session, source)
         finally:
             self.sockets.discard(ws)
         return ws
 
-    async def bridge(self, ws: web.WebSocketResponse, conn: ConsoleConnection, user: str, source: str) -> None:
-        await ws.send_json({"type": "hello", "vm": conn.vm.name, "mode": conn.mode, "offset": conn.start,
-                            "took_over": conn.took_over, "paste_cap": PASTE_CAP,
-                            "idle_timeout": self.host.fleet.idle_timeout})
-        reason = {"value": "client"}
-
-        async def guest_to_ws() -> None:
-            tail = b""
-            async for data in coalesced(conn.reader):
-                tail = (tail + data)[-512:]
-                await ws.send_bytes(data)
-            reason["value"] = conn.ended_by_server or ("takeover" if TAKEOVER_MARK in tail else "guest")
-
-        pump = asyncio.create_task(guest_to_ws())
+    async def bridge(self, ws: web.WebSocketResponse, conn: ConsoleConnection, session: Session, source: str) -> None:
         idle = self.host.fleet.idle_timeout
-        last_input = time.monotonic()
+        await ws.send_json({"type": "hello", "vm": conn.vm.name, "mode": conn.mode, "offset": conn.start,
+                            "took_over": conn.took_over, "paste_cap": PASTE_CAP, "idle_timeout": idle})
+
+        async def tell(text: str) -> None:
+            code = "read_only" if "read-only" in text else "notice"
+            await ws.send_json({"type": "error" if code == "read_only" else "notice", "code": code, "message": text})
+
+        inputs = _WsInput(self, ws)
+        reason = "connection lost"
         try:
-            while True:
-                remaining = idle - (time.monotonic() - last_input)
-                receive = asyncio.ensure_future(ws.receive())
-                done, _ = await asyncio.wait({receive, pump}, timeout=max(0.0, remaining),
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if pump in done:
-                    receive.cancel()
-                    break
-                if not done:
-                    receive.cancel()
-                    reason["value"] = "idle"
-                    break
-                msg = receive.result()
-                if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
-                    break
-                if msg.type == WSMsgType.ERROR:
-                    reason["value"] = "protocol error"
-                    break
-                data = await self.input_bytes(ws, msg)
-                if data is None:
-                    continue
-                last_input = time.monotonic()
-                if not data:
-                    continue
-                if conn.mode == "read":
-                    await ws.send_json({"type": "error", "code": "read_only",
-                                        "message": "this is a read-only session; nothing was sent"})
-                    continue
-                conn.writer.write(data)
-                await conn.writer.drain()
+            reason, _ = await run_bridge(self.host, conn, inputs, show=ws.send_bytes, tell=tell, source=source,
+                                         via="web", expires_at=session.created + SESSION_LIFETIME)
         except (ConnectionError, asyncio.CancelledError):
-            reason["value"] = "connection lost" if reason["value"] == "client" else reason["value"]
+            reason = conn.ended_by_server or "connection lost"
         finally:
-            pump.cancel()
-            self.host.console_closed(conn, user, source, "web", reason["value"])
+            inputs.cancel()
+            if reason == "expired":
+                self.sessions.drop(session.token)
+            self.host.console_closed(conn, session.user, source, "web", reason)
         if not ws.closed:
             messages = {
                 "takeover": "The serial console connection was closed: another user took over the console. "
@@ -379,19 +323,27 @@ class WebConsole:
                 "idle": f"The serial console connection was closed after {idle:.0f} s without input. "
                         "To reconnect, press Enter.",
                 "guest": "The serial console connection was closed by the guest's owner. To reconnect, press Enter.",
+                "stopped": "The serial console connection was closed: the guest was shut down.",
+                "dropped": "The serial console connection was closed: it fell too far behind the guest's output. "
+                           "To reconnect, press Enter.",
                 "disabled": "The serial console connection was closed: an owner disabled the serial console of "
                             f"{conn.vm.name}.",
+                "logout": "The serial console connection was closed: you logged out.",
+                "expired": "The serial console connection was closed: your login session expired. Log in again.",
             }
             try:
-                await ws.send_json({"type": "closed", "reason": reason["value"],
-                                    "message": messages.get(reason["value"],
-                                                            "The serial console connection was closed.")})
-                await ws.close(code=4001 if reason["value"] == "takeover" else 1000)
+                await ws.send_json({"type": "closed", "reason": reason,
+                                    "message": messages.get(reason, "The serial console connection was closed.")})
+                await ws.close(code=4001 if reason == "takeover" else 1000)
             except ConnectionError:
                 pass
 
-    async def input_bytes(self, ws: web.WebSocketResponse, msg: Any) -> bytes | None:
-        """Keystrokes from one websocket message; None (after an error frame) for bad or non-input messages."""
+    async def input_items(self, ws: web.WebSocketResponse, msg: Any) -> list[Input]:
+        """Bridge items from one websocket message; bad frames get an error frame and send nothing."""
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            return [End("client")]
+        if msg.type == WSMsgType.ERROR:
+            return [End("protocol error")]
         if msg.type == WSMsgType.BINARY:
             data: bytes = msg.data
             text_len = len(data)
@@ -401,28 +353,28 @@ class WebConsole:
             except ValueError:
                 await ws.send_json({"type": "error", "code": "bad_json",
                                     "message": 'text frames must be JSON, e.g. {"type": "input", "data": "ls\\r"}'})
-                return None
+                return []
             if not isinstance(frame, dict) or frame.get("type") not in ("input", "ping"):
                 await ws.send_json({"type": "error", "code": "bad_frame",
                                     "message": 'unknown frame; send {"type": "input", "data": "..."} '
                                                'or {"type": "ping"}'})
-                return None
+                return []
             if frame["type"] == "ping":
                 await ws.send_json({"type": "pong"})
-                return b""
+                return [Keepalive()]
             if not isinstance(frame.get("data"), str):
                 await ws.send_json({"type": "error", "code": "bad_frame", "message": "input data must be a string"})
-                return None
+                return []
             text_len = len(frame["data"])
             data = frame["data"].encode("utf-8", errors="replace")
         else:
-            return None
+            return []
         if text_len > PASTE_CAP:
             await ws.send_json({"type": "error", "code": "paste_too_long",
                                 "message": f"input of {text_len} characters exceeds the {PASTE_CAP}-character paste "
                                            "cap; nothing was sent"})
-            return None
-        return data
+            return []
+        return [ToGuest(data)] if data else []
 
     # ------------------------------------------------------------ static
 
@@ -446,6 +398,32 @@ class WebConsole:
             await ws.close(code=1001, message=b"server shutting down")
 
 
+class _WsInput:
+    """A websocket's messages as bridge items (one pending receive at a time)."""
+
+    def __init__(self, console: WebConsole, ws: web.WebSocketResponse) -> None:
+        self.console = console
+        self.ws = ws
+        self._pending: asyncio.Future[list[Input]] | None = None
+
+    async def _next(self) -> list[Input]:
+        return await self.console.input_items(self.ws, await self.ws.receive())
+
+    def future(self) -> asyncio.Future[list[Input]]:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._next())
+        return self._pending
+
+    def take(self) -> list[Input]:
+        assert self._pending is not None
+        result, self._pending = self._pending.result(), None
+        return result
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+
+
 def make_app(host: FleetHost) -> web.Application:
     console = WebConsole(host)
     app = web.Application(middlewares=[errors_middleware], client_max_size=64 * 1024)
@@ -462,7 +440,7 @@ def make_app(host: FleetHost) -> web.Application:
     r.add_get("/api/session", console.whoami)
     r.add_get("/api/vms", console.list_vms)
     r.add_get("/api/vms/" + VM_PATTERN, console.get_vm)
-    r.add_post("/api/vms/" + VM_PATTERN + "/{action:restart|reset|power-cycle|nmi|sysrq}", console.post_action)
+    r.add_post("/api/vms/" + VM_PATTERN + "/{action:" + "|".join(ACTIONS) + "}", console.post_action)
     r.add_post("/api/vms/" + VM_PATTERN + "/console", console.set_console)
     r.add_get("/api/vms/" + VM_PATTERN + "/serial-log", console.serial_log)
     r.add_get("/api/vms/" + VM_PATTERN + "/serial-log/{download:download}", console.serial_log)

@@ -205,7 +205,7 @@ def bench_round_trip(spec: GuestSpec, accel: str) -> Row:
              lambda: LabgridPeer.qemu_driver(spec, accel), BLOCK)
 
         def via_rfc2217() -> Any:
-            other = Machine(spec, name="bench-rtt-rfc2217").start()
+            other = Machine(spec, name="bench-rtt-rfc2217", rfc2217=True).start()
             peers.append(other)  # stopped with the peers
             return LabgridPeer.rfc2217(other.info()["rfc2217_port"], spec)
 

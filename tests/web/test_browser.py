@@ -146,3 +146,29 @@ def test_browser_wrong_password_shows_error(page: Any, served: Served) -> None:
     page.click("#login-button")
     page.wait_for_selector("#login-error:not(.hidden)")
     assert "wrong user name or password" in page.inner_text("#login-error")
+
+
+@pytest.mark.parametrize("target", ["/\\example.invalid/x", "//example.invalid/x", "https://example.invalid/",
+                                    "/\\/example.invalid", "javascript:alert(1)"])
+def test_login_next_stays_on_this_server(page: Any, served: Served, target: str) -> None:
+    """`login?next=` only leads to a path on this server.
+
+    Before: `next=/\\example.com` passed the "starts with / but not //" check, and Chromium treats
+    `/\\host` as `//host`, so a login link sent the user off-site after they typed their password."""
+    import urllib.parse
+
+    page.goto(served.base + "/login?next=" + urllib.parse.quote(target, safe=""))
+    page.fill("#user", "carol")
+    page.fill("#password", served.passwords["carol"])
+    page.click("#login-button")
+    page.wait_for_url(lambda url: not url.startswith(served.base + "/login"), timeout=30_000)
+    assert page.url.startswith(served.base + "/"), page.url
+    page.wait_for_selector("#vms tbody tr[data-vm='web1']")
+
+
+def test_login_next_keeps_a_local_path(page: Any, served: Served) -> None:
+    page.goto(served.base + "/login?next=/vms/web1/diagnostics")
+    page.fill("#user", "carol")
+    page.fill("#password", served.passwords["carol"])
+    page.click("#login-button")
+    page.wait_for_url(served.base + "/vms/web1/diagnostics", timeout=30_000)

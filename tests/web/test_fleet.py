@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,6 +47,16 @@ def test_fleet_file_errors_name_the_entry(tmp_path: Path) -> None:
         '[serve]\n': "nothing to serve",
         '[vms.a-0]\n[scale_sets.a]\ninstances = 1\n': "used twice",
         'not toml = = 1': "not valid TOML",
+        # Strict types: a quoted "false" used to switch the console ON (any non-empty string is truthy).
+        '[serve]\nconsole_enabled = "false"\n[vms.a]\n': 'console_enabled must be true or false (no quotes), not',
+        '[vms.a]\nconsole = 0\n': "console must be true or false (no quotes), not 0",
+        '[vms.a]\nrfc2217 = "yes"\n': "rfc2217 must be true or false",
+        '[serve]\nport = "8443"\n[vms.a]\n': "port must be a port number",
+        '[serve]\nssh_port = 70000\n[vms.a]\n': "ssh_port must be a port number from 0 to 65535",
+        '[serve]\nidle_timeout = true\n[vms.a]\n': "idle_timeout must be a number of seconds",
+        '[scale_sets.s]\ninstances = true\n': "instances must be a whole number",
+        '[vms.a]\nimage = 5\n': "image must be a string",
+        'vms = 5\n': "each entry must be a table",
     }
     for text, message in cases.items():
         fleet.write_text(text)
@@ -137,6 +148,48 @@ def test_idle_session_ends(small_fleets: tuple[Served, Served]) -> None:
             await r.until_closed()
     run(go())
     assert any(a["event"] == "console_disconnect" and a["reason"] == "idle" for a in idle.audit())
+
+
+@pytest.mark.guest
+def test_pings_are_not_input(small_fleets: tuple[Served, Served]) -> None:
+    """A client that only pings is idle: the 3 s idle timeout still ends its console.
+
+    Before: a ping counted as input, so a forgotten tab kept the console forever."""
+    _, idle = small_fleets
+
+    async def go() -> None:
+        async with Client(idle) as c:
+            assert await c.login("erin") == 200
+            r = WsReader(await c.ws("solo", mode="read"))
+            await r.frame("hello")
+            started = asyncio.get_running_loop().time()
+            while not r.closed and asyncio.get_running_loop().time() - started < 30:
+                await r.ws.send_json({"type": "ping"})
+                try:
+                    await r.pump_once(0.5)
+                except TimeoutError:
+                    pass
+                if any(f.get("type") == "closed" for f in r.frames):
+                    break
+            closed = await r.frame("closed", timeout=1)
+            assert closed["reason"] == "idle", closed
+    run(go())
+
+
+def test_demo_passwords_are_refused_beyond_loopback(tmp_path: Path) -> None:
+    """`sercon serve examples/fleet.toml --host 0.0.0.0` refuses at once (the demo passwords are public).
+
+    Before: it booted the fleet and served alice/alice-owner-demo to the network."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "SERCON_HOME": str(tmp_path), "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-m", "emulator.web.serve", str(root / "examples" / "fleet.toml"),
+                           "--host", "0.0.0.0", "--port", "0", "--ssh-port", "0"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    assert "has a demo password" in proc.stderr and "sercon user add" in proc.stderr, proc.stderr
+    assert not (tmp_path / "guests").exists()
 
 
 @pytest.mark.guest

@@ -9,7 +9,7 @@ document.getElementById("login-form").addEventListener("submit", async (e) => {
   });
   if (r.ok) {
     const next = new URLSearchParams(location.search).get("next");
-    location.href = next && next.startsWith("/") && !next.startsWith("//") ? next : "/";
+    location.href = safeNext(next);
     return;
   }
   let msg = r.status + " " + r.statusText;
@@ -17,3 +17,10 @@ document.getElementById("login-form").addEventListener("submit", async (e) => {
   err.textContent = msg;
   err.classList.remove("hidden");
 });
+
+// Only a path on this server: "/\\evil.example" and "//evil.example" are other hosts to a browser.
+function safeNext(next) {
+  if (!next || !/^\/[A-Za-z0-9_\-.\/%?=&]*$/.test(next) || next.startsWith("//")) return "/";
+  const url = new URL(next, location.origin);
+  return url.origin === location.origin ? url.pathname + url.search : "/";
+}
