@@ -182,17 +182,22 @@ class LinuxShell:
         kind = self._await_prompt(screen, time.monotonic() + timeout, "a login prompt", ("login", "shell"))
         return kind
 
-    def login(self, user: str = "root", password: str | None = "sercon", timeout: float = 60.0) -> None:
+    def login(self, user: str = "root", password: str | None = "sercon", timeout: float = 60.0,
+              screen: Screen | None = None) -> None:
         """Log in at the getty's prompt and prepare the shell for `run()`.
 
         Works with any banner above the prompt, any hostname, agetty --autologin (a shell with no
         login), users without a password and slow refusals. Raises `LoginFailed` with the reason:
         wrong credentials, an expired password the guest wants changed, no prompt, or a prompt it
         cannot recognise (the message shows the console and how to pass a pattern).
+
+        `screen`: the console as a caller already watched it (sercon check's boot watch), so a
+        prompt that is already showing counts.
         """
-        screen = Screen()
+        seen = screen is not None
+        screen = screen or Screen()
         deadline = time.monotonic() + timeout
-        kind = self._await_prompt(screen, deadline, "a login prompt", ("login", "shell"))
+        kind = self._await_prompt(screen, deadline, "a login prompt", ("login", "shell"), seen=seen)
         tries = 0
         while kind == "login":
             tries += 1
@@ -213,7 +218,7 @@ class LinuxShell:
         self.logged_in_as = user
 
     def _await_prompt(self, screen: Screen, deadline: float, what: str, wanted: tuple[str, ...],
-                      typed: bool = False) -> str:
+                      typed: bool = False, seen: bool = False) -> str:
         """Read the console until it is quiet at one of the `wanted` prompts; return which.
 
         `typed`: we just sent something, so "Login incorrect" or an expired-password dialogue in
@@ -221,7 +226,7 @@ class LinuxShell:
         """
         settle, enter_after = 0.4, 6.0
         fresh = ""  # text that arrived since this call started
-        got_output = False
+        got_output = seen
         last_data = time.monotonic()
         enters = 0
         while True:
@@ -249,12 +254,16 @@ class LinuxShell:
                 enters += 1
                 self.console.sendline()
 
+    def classify(self, screen: Screen) -> str:
+        """What the console shows now: "login", "password", "shell", "expired" or "" (no prompt)."""
+        return self._classify(screen.cursor_text(), "")
+
     def _classify(self, cursor_text: str, fresh: str) -> str:
         if fresh and LOGIN_INCORRECT.search(fresh):
             return "incorrect"
         if fresh and PASSWORD_EXPIRED.search(fresh):
             return "expired"
-        text = cursor_text.rstrip() + (" " if cursor_text.endswith(" ") else "")
+        text = cursor_text.rstrip()
         if PASSWORD_EXPIRED.search(text):
             return "expired"
         if self.login_prompt.search(text):
@@ -281,11 +290,13 @@ class LinuxShell:
             try:
                 self.console.machine.check_alive()
             except SerconError as exc:
-                raise LoginFailed(f"no {what} on {self.console.name}: {exc}") from None
+                raise LoginFailed(f"waited in vain for {what} on {self.console.name}: {exc}") from None
         if current:
-            raise LoginFailed(f"no {what} on {self.console.name}: the console waits at {current!r}, which is not a "
+            raise LoginFailed(f"waited in vain for {what} on {self.console.name}: the console waits at {current!r}, "
+                              "which is not a "
                               f"prompt sercon recognises; {PROMPT_HELP}. Last console lines:\n{shown}")
-        raise LoginFailed(f"no {what} on {self.console.name}; last console lines:\n{shown or '(nothing)'}")
+        raise LoginFailed(f"waited in vain for {what} on {self.console.name}; last console lines:\n"
+                          f"{shown or '(nothing)'}")
 
     def _prepare_shell(self) -> None:
         """Make the shell at the prompt ready for `run()`: no echo, no line editor, the marker prompt.
