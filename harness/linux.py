@@ -153,6 +153,8 @@ class LinuxShell:
         self.login_prompt = _as_regex(login_prompt, LOGIN_PROMPT)
         #: The login shell, as found by login(): "posix" (sh, bash, zsh, ash, dash) or "fish".
         self.login_shell = ""
+        #: How login() got in: "password", "no-password" (the guest asked none) or "autologin".
+        self.login_method = ""
         self.nonce = secrets.token_hex(4)
         self.prompt = re.compile(rb"__sc" + self.nonce.encode() + rb"_(\d+)_# ")
         self.logged_in_as: str | None = None
@@ -198,6 +200,7 @@ class LinuxShell:
         screen = screen or Screen()
         deadline = time.monotonic() + timeout
         kind = self._await_prompt(screen, deadline, "a login prompt", ("login", "shell"), seen=seen)
+        self.login_method = "autologin" if kind == "shell" else "no-password"
         tries = 0
         while kind == "login":
             tries += 1
@@ -208,6 +211,7 @@ class LinuxShell:
             kind = self._await_prompt(screen, time.monotonic() + 30, f"a password or shell prompt after {user!r}",
                                       ("password", "shell", "login"), typed=True)
             if kind == "password":
+                self.login_method = "password"
                 self.console.sendline(password or "")
                 kind = self._await_prompt(screen, time.monotonic() + 30, "a shell prompt after the password",
                                           ("shell", "login", "password"), typed=True)

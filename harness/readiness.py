@@ -493,9 +493,12 @@ def check_password_user(f: Facts) -> Check:
         return Check("password-user", "fail", f"logging in as {f.user!r} failed{extra}: {live.login_error}",
                      f"set a password: `passwd {f.user}` (cloud consoles need a password login, not only SSH keys); "
                      "or give the right --user/--password" + ("; add ttyS0 to /etc/securetty" if no_ttys0 else ""))
-    if live.prompt_kind == "shell":
+    if live.shell.login_method == "autologin":
         return Check("password-user", "warn", "the console gives a shell without any login (autologin): anyone "
-                     "with console access is root", "drop --autologin from the serial getty unless intended")
+                     "with console access has it", "drop --autologin from the serial getty unless intended")
+    if live.shell.login_method == "no-password":
+        return Check("password-user", "warn", f"{f.user!r} logged in without being asked for a password: anyone "
+                     "with console access can", f"set a password: `passwd {f.user}`")
     return Check("password-user", "pass", f"logged in as {f.user!r} with a password")
 
 
@@ -728,24 +731,25 @@ def check_image(spec: GuestSpec, user: str, password: str | None, *, label: str 
     """Judge `spec` offline, then (unless `offline_only`) boot it in a guest of its own and confirm live."""
     started = time.monotonic()
     report = Report(image=label or spec.image or spec.disk or spec.kernel or "guest", live=not offline_only)
+    # The workdir holds a raw copy of a non-raw disk, which the checks read until the verdict.
     with temporary_workdir() as workdir:
         facts = offline_facts(spec, user, Path(workdir))
-    if facts.files is not None:
-        report.image_description = facts.files.description
-        report.notes += facts.files.notes
-    elif not spec.kernel or not spec.initrd:
-        report.notes.append("no image files to read offline (a kernel without initrd or disk)")
-    report.offline_seconds = round(time.monotonic() - started, 1)
-    if not offline_only:
-        machine = Machine(spec)
-        machine.start()
-        try:
-            facts.live = live_facts(machine, user, password, boot_timeout,
-                                    {"shell": shell_prompt, "login": login_prompt})
-        finally:
-            machine.stop()
-        report.boot_seconds = facts.live.seconds if facts.live.outcome == "prompt" else None
-    evaluate(facts, report)
+        if facts.files is not None:
+            report.image_description = facts.files.description
+            report.notes += facts.files.notes
+        elif not spec.kernel or not spec.initrd:
+            report.notes.append("no image files to read offline (a kernel without initrd or disk)")
+        report.offline_seconds = round(time.monotonic() - started, 1)
+        if not offline_only:
+            machine = Machine(spec)
+            machine.start()
+            try:
+                facts.live = live_facts(machine, user, password, boot_timeout,
+                                        {"shell": shell_prompt, "login": login_prompt})
+            finally:
+                machine.stop()
+            report.boot_seconds = facts.live.seconds if facts.live.outcome == "prompt" else None
+        evaluate(facts, report)
     report.seconds = round(time.monotonic() - started, 1)
     return report
 

@@ -22,6 +22,8 @@ class Variant:
     settings: dict[str, Any]
     ready: bool = False
     fails: str | None = None
+    #: What the offline phase alone says of the `fails` row ("fail", or "skip" where only the live boot can tell).
+    offline: str = "fail"
     login: dict[str, str] = field(default_factory=dict)
 
 
@@ -33,7 +35,8 @@ def variants() -> dict[str, Variant]:
     for name, item in data.get("variants", {}).items():
         settings = {**defaults.get(item["base"], {}), **item.get("settings", {})}
         out[name] = Variant(name=name, base=item["base"], settings=settings, ready=bool(item.get("ready")),
-                            fails=item.get("fails"), login=dict(item.get("login", {})))
+                            fails=item.get("fails"), offline=item.get("offline", "fail"),
+                            login=dict(item.get("login", {})))
     return out
 
 
@@ -42,4 +45,6 @@ def build_variant(name: str) -> Image:
     if name not in known:
         raise UnknownImage(f"unknown variant {name!r}: known are {', '.join(sorted(known))}")
     variant = known[name]
+    if not variant.settings:
+        return build_image(variant.base)
     return build_image(variant.base, overrides={"settings": variant.settings})
