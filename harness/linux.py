@@ -2,6 +2,10 @@
 
 How it stays robust where prompt matching usually breaks:
 
+- Login reads the console through a terminal emulator (`Screen`) and judges the text left of the
+  cursor once the line is quiet: banners, colours, cursor moves, right prompts and motd lines
+  above the prompt cannot be mistaken for it. Patterns for unusual prompts: `login_prompt=`,
+  `shell_prompt=` (see `PROMPT_HELP`).
 - After login it turns off the terminal's echo and the shell's line editor, and sets a prompt
   that carries a random marker and `$?`. One command costs one round trip: send the line, wait
   for the marker; the exit status comes with the prompt. The marker as typed (quoted, with a
