@@ -256,9 +256,13 @@ class LinuxShell:
                 return kind
             if now >= deadline:
                 self._no_prompt(what, screen, kind)
-            # Quiet with no prompt: the prompt scrolled by before we looked, or the getty waits for a
-            # key. Press Enter, but never before the guest has printed anything.
-            if (got_output or enters) and now - last_data >= enter_after * (enters + 1) and enters < 3:
+            # Quiet with no prompt: the prompt scrolled by before we looked (a console opened on a
+            # running guest), or the getty waits for a key. Press Enter, but never before the guest
+            # has printed anything (a sercon guest's console says where its stream started; a
+            # physical board's cannot, so it gets a longer wait).
+            spoken = got_output or self.console.start_offset > 0 or (
+                self.console.machine is None and now - last_data >= 2 * enter_after)
+            if spoken and now - last_data >= enter_after * (enters + 1) and enters < 3:
                 enters += 1
                 self.console.sendline()
 
