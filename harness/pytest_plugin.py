@@ -63,6 +63,9 @@ def pytest_configure(config: pytest.Config) -> None:
     accel = config.getoption("--sercon-accel")
     if accel:
         os.environ["SERCON_ACCEL"] = accel
+    # Also known where pyproject.toml's list is not read (pytest --pyargs harness.readiness_suite elsewhere).
+    config.addinivalue_line("markers", "guest: boots a real guest under QEMU")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
     _PROMPTS["shell"] = config.getoption("--sercon-prompt")
     _PROMPTS["login"] = config.getoption("--sercon-login-prompt")
 

@@ -9,6 +9,7 @@ from `_prepare_shell`, the fish test times out at the marker prompt.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,8 +58,13 @@ def test_wrong_password_is_login_failed_after_the_delay(sercon_home: Path) -> No
     machine = Machine(spec, name="wrong-password").start()
     try:
         with Console.for_machine(machine) as console:
+            shell = LinuxShell(console)
+            shell.wait_for_login_prompt()
+            console.sendline()  # a fresh prompt for login() (the first one was read above)
+            started = time.monotonic()
             with pytest.raises(LoginFailed, match="wrong user name or password"):
-                LinuxShell(console).login("root", "not-the-password")
+                shell.login("root", "not-the-password")
+            print(f"\nrefused after {time.monotonic() - started:.1f} s (busybox login waits 3 s)")
     finally:
         machine.stop()
 
