@@ -595,7 +595,8 @@ def check_nmi(f: Facts) -> Check:
     nmi, source = f.sysctl("kernel.unknown_nmi_panic")
     unrecovered, _ = f.sysctl("kernel.panic_on_unrecovered_nmi")
     if nmi == 1 or unrecovered == 1:
-        return Check("nmi-panic", "pass", f"kernel.unknown_nmi_panic={nmi}, panic_on_unrecovered_nmi={unrecovered}"
+        shown = "unset" if unrecovered is None else unrecovered
+        return Check("nmi-panic", "pass", f"kernel.unknown_nmi_panic={nmi}, panic_on_unrecovered_nmi={shown}"
                      + (f" ({source})" if source else ""))
     status: Status = "fail" if f.live and f.live.shell else "warn" if f.live or nmi is None else "fail"
     if f.live is None and nmi is None:
