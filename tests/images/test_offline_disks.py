@@ -129,3 +129,41 @@ def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert check_main([*argv, "--offline"]) == 2, name
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and expected in err, (name, err)
+
+
+@pytest.mark.parametrize("compressor", [None, ["gzip", "-c"], ["xz", "-c", "--check=crc32"], ["zstd", "-c", "-q"]])
+def test_initrd_in_each_compression_with_early_microcode(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         compressor: list[str] | None) -> None:
+    """An initrd as distributions ship it: an uncompressed early archive (CPU microcode) and then
+    the compressed main one, whose /etc/inittab runs the getty on ttyS1 only."""
+    import io
+
+    from emulator.builders.cpio import CpioWriter
+
+    def archive(files: dict[str, bytes], links: dict[str, str]) -> bytes:
+        blob = io.BytesIO()
+        cpio = CpioWriter(blob)
+        for name, data in files.items():
+            cpio.file(name, data)
+        for name, target in links.items():
+            cpio.symlink(name, target)
+        cpio.close()
+        return blob.getvalue()
+
+    early = archive({"kernel/x86/microcode/GenuineIntel.bin": b"\0" * 64}, {})
+    main = archive({"etc/inittab": b"::sysinit:/etc/init.d/rcS\nttyS1::respawn:/sbin/getty -L 115200 ttyS1 vt100\n"},
+                   {"init": "/bin/busybox"})
+    if compressor:
+        main = subprocess.run(compressor, input=main, capture_output=True, check=True).stdout
+        initrd_bytes = early + main
+    else:
+        initrd_bytes = main
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(initrd_bytes)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"\x7fELF" + b"\0" * 600)
+    status = check_main(["--kernel", str(kernel), "--initrd", str(initrd), "--append", "console=ttyS0", "--offline"])
+    table = capsys.readouterr().out
+    assert status == 1
+    assert "getty on ttyS1 but not on ttyS0" in table
+    assert _rows(table)["getty"] == "FAIL"
