@@ -7,9 +7,11 @@ STAMP       := $(VENV)/.sercon-installed
 PYTEST_ARGS ?=
 # Debian packages the tests need: QEMU (with qemu-img), openssl (hashes guest passwords),
 # mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
-# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest).
+# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest), zstd + xz-utils
+# (sercon check reads initrds compressed the way distributions ship them; e2fsprogs' debugfs and
+# fdisk's sfdisk read disks offline).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
-                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio zstd xz-utils
 
 .PHONY: setup system-packages images test test-unit test-linux test-images test-windows lint bench clean clean-cache
 
