@@ -258,9 +258,9 @@ class LinuxShell:
                 self._no_prompt(what, screen, kind)
             # Quiet with no prompt: the prompt scrolled by before we looked (a console opened on a
             # running guest), or the getty waits for a key. Press Enter, but never before the guest
-            # has printed anything (a sercon guest's console says where its stream started; a
+            # has printed anything (on this console, or before it was opened on a sercon guest; a
             # physical board's cannot, so it gets a longer wait).
-            spoken = got_output or self.console.start_offset > 0 or (
+            spoken = got_output or bool(self.console.tail.data) or self.console.start_offset > 0 or (
                 self.console.machine is None and now - last_data >= 2 * enter_after)
             if spoken and now - last_data >= enter_after * (enters + 1) and enters < 3:
                 enters += 1
@@ -292,7 +292,7 @@ class LinuxShell:
             raise LoginFailed(f"the password has expired: the guest on {name} asks for a new one before it gives "
                               "a shell. Log in once by hand and set one, or in the image run `chage -d $(date "
                               f"+%Y-%m-%d) USER` (or `passwd USER`); last console lines:\n{screen.last_lines(8)}")
-        raise LoginFailed(f"login on {name} was refused: wrong user name or password (the guest answered "
+        raise LoginFailed(f"login on {name} was refused: wrong password or user name (the guest answered "
                           f"'Login incorrect'); last console lines:\n{screen.last_lines(8)}")
 
     def _no_prompt(self, what: str, screen: Screen, kind: str) -> None:

@@ -62,7 +62,7 @@ def test_wrong_password_is_login_failed_after_the_delay(sercon_home: Path) -> No
             shell.wait_for_login_prompt()
             console.sendline()  # a fresh prompt for login() (the first one was read above)
             started = time.monotonic()
-            with pytest.raises(LoginFailed, match="wrong user name or password"):
+            with pytest.raises(LoginFailed, match="wrong password or user name"):
                 shell.login("root", "not-the-password")
             print(f"\nrefused after {time.monotonic() - started:.1f} s (busybox login waits 3 s)")
     finally:
