@@ -98,7 +98,7 @@ class Live:
     shell: LinuxShell | None = None
     login_error: str = ""
     cmdline: str | None = None
-    probe: str = "silent"  # the SysRq probe: "done", "disabled" or "silent"
+    probe: str = "silent"  # the SysRq probe: "done", "disabled", "silent", or "untried" (ttyS0 never spoke)
     values: dict[str, str] = field(default_factory=dict)  # /proc/sys/kernel/*, TMOUT, ...
     kernel_config: str | None = None
     rescue: dict[str, str] = field(default_factory=dict)
@@ -289,7 +289,8 @@ def live_facts(machine: Machine, user: str, password: str | None, limit: float,
                 live.shell = shell
             except (LoginFailed, ConsoleTimeout) as exc:
                 live.login_error = str(exc).splitlines()[0]
-        live.probe = _sysrq_probe(machine, console)
+        # Nothing is written to a port that never spoke (the guest may still be in firmware).
+        live.probe = _sysrq_probe(machine, console) if outcome != "silent" else "untried"
         if live.shell is not None:
             _read_live(live, live.shell)
         live.boot_log = machine.read_log(0)
@@ -547,7 +548,8 @@ def check_sysrq_mask(f: Facts) -> Check:
     fix = _sysctl_fix("kernel.sysrq = 1", f) + " (1 = every key; 176 = sync, remount, reboot)"
     probe = f.live.probe if f.live else None
     seen = {"done": "; a serial SysRq 'w' ran", "disabled": "; a serial SysRq 'w' was refused ('This sysrq "
-            "operation is disabled')", "silent": "; a serial SysRq 'w' printed nothing", None: ""}[probe]
+            "operation is disabled')", "silent": "; a serial SysRq 'w' printed nothing", "untried": "",
+            None: ""}[probe]
     where = f" ({source})" if source else ""
     if mask is None:
         if probe == "disabled":
@@ -579,6 +581,8 @@ def check_sysrq_serial(f: Facts) -> Check:
         return Check("sysrq-serial", "skip", "a live check only (BREAK + key on COM1)")
     if live.probe in ("done", "disabled"):
         return Check("sysrq-serial", "pass", "BREAK + key on COM1 reached the kernel's SysRq handler")
+    if live.probe == "untried":
+        return Check("sysrq-serial", "fail", "not tried: nothing at all came on ttyS0 (see the console row)", fix)
     config = live.kernel_config if live.kernel_config is not None else (_image_kernel_config(f) or None)
     if config:
         missing = [opt for opt in ("CONFIG_SERIAL_8250_CONSOLE", "CONFIG_MAGIC_SYSRQ", "CONFIG_MAGIC_SYSRQ_SERIAL")
