@@ -8,11 +8,12 @@ PYTEST_ARGS ?=
 # Debian packages the tests need: QEMU (with qemu-img), openssl (hashes guest passwords),
 # mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
 # tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest), openssh-client (the
-# SSH gateway tests use the real OpenSSH client).
+# SSH gateway tests use the real OpenSSH client), zstd + xz-utils (sercon check reads initrds
+# compressed the way distributions ship them; e2fsprogs' debugfs and fdisk's sfdisk read disks offline).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
-                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio openssh-client
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio openssh-client zstd xz-utils
 
-.PHONY: setup system-packages images test test-unit test-linux test-windows lint bench clean clean-cache
+.PHONY: setup system-packages images test test-unit test-linux test-images test-windows lint bench clean clean-cache
 
 setup: $(STAMP)
 
@@ -45,13 +46,18 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q; else echo "run: sudo apt-get update"; exit 1; fi; }
 
 images: setup
-	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub
+	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub debian-shells
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
 
 test-linux: images
 	$(PY) -m pytest tests/linux -v -p no:cacheprovider $(PYTEST_ARGS)
+
+# Images as other people build them (images/variants.toml, debian-shells): login on every getty
+# and prompt, `sercon check` verdicts, the readiness suite on disk paths, offline disk reading.
+test-images: images
+	$(PY) -m pytest tests/images -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
 test-windows: images
 	$(PY) -m pytest tests/windows -v -p no:cacheprovider $(PYTEST_ARGS)

@@ -368,6 +368,19 @@ class Console:
                 break
         return got
 
+    def read(self, timeout: float) -> bytes:
+        """What arrives within `timeout` seconds (b"" if nothing): bytes not yet matched come first."""
+        pending = bytes(self.spawn.buffer or b"")
+        if pending:
+            self.spawn.buffer = b""
+            return pending
+        try:
+            return bytes(self.spawn.read_nonblocking(65536, timeout=max(0.0, timeout)))
+        except pexpect.TIMEOUT:
+            return b""
+        except pexpect.EOF:
+            raise ConsoleClosed(f"the console stream of {self.name} ended") from None
+
     def discard_buffered(self) -> bytes:
         """Forget bytes received but not yet matched (they stay in the serial log); returns them."""
         pending = bytes(self.spawn.buffer or b"")

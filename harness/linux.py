@@ -2,6 +2,10 @@
 
 How it stays robust where prompt matching usually breaks:
 
+- Login reads the console through a terminal emulator (`Screen`) and judges the text left of the
+  cursor once the line is quiet: banners, colours, cursor moves, right prompts and motd lines
+  above the prompt cannot be mistaken for it. Patterns for unusual prompts: `login_prompt=`,
+  `shell_prompt=` (see `PROMPT_HELP`).
 - After login it turns off the terminal's echo and the shell's line editor, and sets a prompt
   that carries a random marker and `$?`. One command costs one round trip: send the line, wait
   for the marker; the exit status comes with the prompt. The marker as typed (quoted, with a
@@ -18,16 +22,28 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
+
+import pyte
 
 from emulator.errors import SerconError
 
 from .console import Console, ConsoleTimeout
 
-LOGIN_PROMPT = re.compile(rb"[\r\n](?!Last login)[\w.-]* ?login: ")  # not the motd's "Last login: ..."
-PASSWORD_PROMPT = re.compile(rb"[Pp]assword: ?")
-LOGIN_INCORRECT = re.compile(rb"Login incorrect|Authentication failure|Permission denied")
-SHELL_PROMPT = re.compile(rb"[#$] ?$|[#$] \x1b\[6n")
+#: Default prompt patterns, matched against the text left of the cursor on the cursor's row of a
+#: terminal emulator fed with the console (colours, cursor moves, bracketed paste, a zsh right
+#: prompt and the banner above do not count). Override with `LinuxShell(login_prompt=, shell_prompt=)`.
+LOGIN_PROMPT = re.compile(r"(?i)(?:\blog ?in|\busername|\buser)(?: name)?: ?$")
+PASSWORD_PROMPT = re.compile(r"(?i)\bpassword(?: for [^:]*)?: ?$")
+SHELL_PROMPT = re.compile(r"[#$%>\u276f\u00bb\u279c] ?$")
+LOGIN_INCORRECT = re.compile(r"Login incorrect|Authentication failure|Permission denied|Login failed")
+PASSWORD_EXPIRED = re.compile(r"(?i)password has expired|required to change your password|password change required"
+                              r"|(?:current|new|old|retype)[^:\n]*password: ?$")
+PROMPT_HELP = ("pass the prompt as a regular expression matched against the text left of the cursor: "
+               "LinuxShell(console, shell_prompt=r'...', login_prompt=r'...'), `pytest --sercon-prompt REGEX`, "
+               "or `sercon check --prompt REGEX`")
+BRACKETED_PASTE = re.compile(rb"\x1b\[\?2004[hl]")
 PANIC = re.compile(rb"Kernel panic - not syncing[^\r\n]*")
 KERNEL_LINE = re.compile(rb"\[\s*(\d+)\.(\d{6})\] [^\n]*(?:\n|$)")
 TIMESTAMP = re.compile(rb"\[\s*(\d+)\.(\d{6})\] ")
@@ -87,11 +103,62 @@ class Result:
         return self.output
 
 
+_ESCAPE = re.compile(r"\x1b(?:\[[0-9;?>=]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78DEHMc])")
+
+
+def _strip(data: bytes) -> str:
+    """Console bytes as text without escape sequences or carriage returns."""
+    return _ESCAPE.sub("", data.decode("utf-8", errors="replace")).replace("\r", "")
+
+
+class Screen:
+    """A terminal emulator (pyte) fed with console bytes: what a person at the console would see.
+
+    Login and prompt recognition look at `cursor_text()`, the text left of the cursor on its row,
+    so ANSI colours, cursor movement, a right prompt drawn and stepped back over, bracketed-paste
+    switches and banners printed above the prompt do not matter. 512 columns: even very long
+    hostnames do not wrap.
+    """
+
+    def __init__(self, columns: int = 512, lines: int = 50) -> None:
+        self.screen = pyte.Screen(columns, lines)
+        self.stream = pyte.ByteStream(self.screen)
+
+    def feed(self, data: bytes) -> None:
+        self.stream.feed(data)
+
+    def cursor_text(self) -> str:
+        cursor = self.screen.cursor
+        row = self.screen.buffer[cursor.y]
+        return "".join(row[x].data for x in range(cursor.x)).replace("\x00", " ")
+
+    def last_lines(self, count: int = 15) -> str:
+        lines = [line.rstrip() for line in self.screen.display]
+        while lines and not lines[-1]:
+            lines.pop()
+        return "\n".join(lines[-count:])
+
+
+def _as_regex(pattern: str | re.Pattern[str] | None, default: re.Pattern[str]) -> re.Pattern[str]:
+    if pattern is None:
+        return default
+    return pattern if isinstance(pattern, re.Pattern) else re.compile(pattern)
+
+
 class LinuxShell:
     """A logged-in shell on a Linux serial console (busybox ash, bash, dash)."""
 
-    def __init__(self, console: Console) -> None:
+    def __init__(self, console: Console, *, shell_prompt: str | re.Pattern[str] | None = None,
+                 login_prompt: str | re.Pattern[str] | None = None) -> None:
         self.console = console
+        #: What the guest's shell prompt looks like (left of the cursor, colours removed).
+        self.shell_prompt = _as_regex(shell_prompt, SHELL_PROMPT)
+        #: What its getty's login prompt looks like.
+        self.login_prompt = _as_regex(login_prompt, LOGIN_PROMPT)
+        #: The login shell, as found by login(): "posix" (sh, bash, zsh, ash, dash) or "fish".
+        self.login_shell = ""
+        #: How login() got in: "password", "no-password" (the guest asked none) or "autologin".
+        self.login_method = ""
         self.nonce = secrets.token_hex(4)
         self.prompt = re.compile(rb"__sc" + self.nonce.encode() + rb"_(\d+)_# ")
         self.logged_in_as: str | None = None
@@ -111,41 +178,165 @@ class LinuxShell:
 
     # ----------------------------------------------------------------- login
 
-    def wait_for_login_prompt(self, timeout: float = 60.0) -> None:
-        """Wait for `login:`; if none shows (the prompt scrolled by earlier), press Enter once."""
-        try:
-            self.console.expect(LOGIN_PROMPT, timeout=timeout)
-        except ConsoleTimeout:
-            self.console.sendline()
-            try:
-                self.console.expect(LOGIN_PROMPT, timeout=15)
-            except ConsoleTimeout as exc:
-                raise LoginFailed(f"no login prompt on {self.console.name}: {exc}") from None
+    def wait_for_login_prompt(self, timeout: float = 60.0) -> str:
+        """Wait until the console shows a login prompt (or, with autologin, a shell prompt).
 
-    def login(self, user: str = "root", password: str | None = "sercon", timeout: float = 60.0) -> None:
-        """Log in at the getty's prompt and prepare the shell for `run()`."""
-        self.wait_for_login_prompt(timeout)
-        self.console.sendline(user)
-        index = self.console.expect([PASSWORD_PROMPT, SHELL_PROMPT, LOGIN_INCORRECT], timeout=30)
-        if index == 0:
-            self.console.sendline(password or "")
-            index = self.console.expect([LOGIN_INCORRECT, SHELL_PROMPT, LOGIN_PROMPT], timeout=30)
-            if index != 1:
-                raise LoginFailed(
-                    f"login as {user!r} on {self.console.name} was refused: wrong password "
-                    "(the guest answered 'Login incorrect')"
-                )
-        elif index == 2:
-            raise LoginFailed(f"login as {user!r} on {self.console.name} was refused")
+        Returns "login" or "shell". Enter is pressed only after the guest has printed something and
+        then stayed quiet without a prompt (the prompt went by before, or the getty waits for a key).
+        """
+        screen = Screen()
+        kind = self._await_prompt(screen, time.monotonic() + timeout, "a login prompt", ("login", "shell"))
+        return kind
+
+    def login(self, user: str = "root", password: str | None = "sercon", timeout: float = 60.0,
+              screen: Screen | None = None) -> None:
+        """Log in at the getty's prompt and prepare the shell for `run()`.
+
+        Works with any banner above the prompt, any hostname, agetty --autologin (a shell with no
+        login), users without a password and slow refusals. Raises `LoginFailed` with the reason:
+        wrong credentials, an expired password the guest wants changed, no prompt, or a prompt it
+        cannot recognise (the message shows the console and how to pass a pattern).
+
+        `screen`: the console as a caller already watched it (sercon check's boot watch), so a
+        prompt that is already showing counts.
+        """
+        seen = screen is not None
+        screen = screen or Screen()
+        deadline = time.monotonic() + timeout
+        kind = self._await_prompt(screen, deadline, "a login prompt", ("login", "shell"), seen=seen)
+        self.login_method = "autologin" if kind == "shell" else "no-password"
+        tries = 0
+        while kind == "login":
+            tries += 1
+            if tries > 2:
+                raise LoginFailed(f"login as {user!r} on {self.console.name}: the guest keeps asking for the user "
+                                  f"name; last console lines:\n{screen.last_lines()}")
+            self.console.sendline(user)
+            kind = self._await_prompt(screen, time.monotonic() + 30, f"a password or shell prompt after {user!r}",
+                                      ("password", "shell", "login"), typed=True)
+            if kind == "password":
+                self.login_method = "password"
+                self.console.sendline(password or "")
+                kind = self._await_prompt(screen, time.monotonic() + 30, "a shell prompt after the password",
+                                          ("shell", "login", "password"), typed=True)
+                if kind == "password":
+                    raise LoginFailed(f"login as {user!r} on {self.console.name} was refused: the guest asked for "
+                                      f"the password again; last console lines:\n{screen.last_lines()}")
         self._prepare_shell()
         self.logged_in_as = user
 
+    def _await_prompt(self, screen: Screen, deadline: float, what: str, wanted: tuple[str, ...],
+                      typed: bool = False, seen: bool = False) -> str:
+        """Read the console until it is quiet at one of the `wanted` prompts; return which.
+
+        `typed`: we just sent something, so "Login incorrect" or an expired-password dialogue in
+        what arrives now is the answer to it.
+        """
+        settle, enter_after = 0.4, 6.0
+        fresh = ""  # text that arrived since this call started
+        got_output = seen
+        last_data = time.monotonic()
+        enters = 0
+        while True:
+            now = time.monotonic()
+            data = self.console.read(min(settle, max(0.0, deadline - now)))
+            if data:
+                screen.feed(data)
+                fresh += _strip(data)
+                got_output = True
+                last_data = time.monotonic()
+                if len(fresh) > 8192:
+                    fresh = fresh[-8192:]
+                continue
+            now = time.monotonic()
+            kind = self._classify(screen.cursor_text(), fresh if typed else "") if got_output else ""
+            if kind in ("incorrect", "expired"):
+                self._refused(kind, screen)
+            if kind in wanted:
+                return kind
+            if now >= deadline:
+                self._no_prompt(what, screen, kind)
+            # Quiet with no prompt: the prompt scrolled by before we looked (a console opened on a
+            # running guest), or the getty waits for a key. Press Enter, but never before the guest
+            # has printed anything (on this console, or before it was opened on a sercon guest; a
+            # physical board's cannot, so it gets a longer wait).
+            spoken = got_output or bool(self.console.tail.data) or self.console.start_offset > 0 or (
+                self.console.machine is None and now - last_data >= 2 * enter_after)
+            if spoken and now - last_data >= enter_after * (enters + 1) and enters < 3:
+                enters += 1
+                self.console.sendline()
+
+    def classify(self, screen: Screen) -> str:
+        """What the console shows now: "login", "password", "shell", "expired" or "" (no prompt)."""
+        return self._classify(screen.cursor_text(), "")
+
+    def _classify(self, cursor_text: str, fresh: str) -> str:
+        if fresh and LOGIN_INCORRECT.search(fresh):
+            return "incorrect"
+        if fresh and PASSWORD_EXPIRED.search(fresh):
+            return "expired"
+        text = cursor_text.rstrip()
+        if PASSWORD_EXPIRED.search(text):
+            return "expired"
+        if self.login_prompt.search(text):
+            return "login"
+        if PASSWORD_PROMPT.search(text):
+            return "password"
+        if self.shell_prompt.search(text):
+            return "shell"
+        return ""
+
+    def _refused(self, kind: str, screen: Screen) -> None:
+        name = self.console.name
+        if kind == "expired":
+            raise LoginFailed(f"the password has expired: the guest on {name} asks for a new one before it gives "
+                              "a shell. Log in once by hand and set one, or in the image run `chage -d $(date "
+                              f"+%Y-%m-%d) USER` (or `passwd USER`); last console lines:\n{screen.last_lines(8)}")
+        raise LoginFailed(f"login on {name} was refused: wrong password or user name (the guest answered "
+                          f"'Login incorrect'); last console lines:\n{screen.last_lines(8)}")
+
+    def _no_prompt(self, what: str, screen: Screen, kind: str) -> None:
+        shown = screen.last_lines()
+        current = screen.cursor_text().strip()
+        if self.console.machine is not None:
+            try:
+                self.console.machine.check_alive()
+            except SerconError as exc:
+                raise LoginFailed(f"waited in vain for {what} on {self.console.name}: {exc}") from None
+        if current:
+            raise LoginFailed(f"waited in vain for {what} on {self.console.name}: the console waits at {current!r}, "
+                              "which is not a "
+                              f"prompt sercon recognises; {PROMPT_HELP}. Last console lines:\n{shown}")
+        raise LoginFailed(f"waited in vain for {what} on {self.console.name}; last console lines:\n"
+                          f"{shown or '(nothing)'}")
+
     def _prepare_shell(self) -> None:
-        # Line editing off (so the tty's -echo holds in bash and ash), a pager-free dumb terminal,
-        # and the marker prompt. `'__sc'"NONCE"'_$?_# '` expands to `__scNONCE_0_# `.
+        """Make the shell at the prompt ready for `run()`: no echo, no line editor, the marker prompt.
+
+        A probe line tells POSIX shells (sh, ash, dash, bash, zsh) from fish, which prints its
+        version where the others print nothing. fish gets `exec sh`: commands then run in a POSIX
+        shell with the login's environment (fish has no `$?` and draws its own line editor).
+        """
+        probe = re.compile(rb"__sp" + self.nonce.encode() + rb"\[([^]$\r\n]*)\]")
+        self.console.sendline(f'echo __sp"{self.nonce}""[$FISH_VERSION]"')
+        try:
+            self.console.expect(probe, timeout=30)
+        except ConsoleTimeout:
+            raise LoginFailed(f"logged in on {self.console.name}, but the shell did not run `echo`: it is neither a "
+                              "POSIX shell nor fish; last console lines:\n" + self.console.tail.lines()) from None
+        self.login_shell = "fish" if self.console.match.group(1) else "posix"
+        if self.login_shell == "fish":
+            self.console.sendline("exec /bin/sh")
+            # fish reads ahead while it runs: type nothing more until sh's own prompt shows.
+            self._await_prompt(Screen(), time.monotonic() + 30, "a sh prompt after `exec /bin/sh`", ("shell",))
+        # Line editing off (so the tty's -echo holds in bash and ash; zsh: no ZLE, no right prompt, no
+        # PROMPT_SP marks, `$?` expanded in PS1), a pager-free dumb terminal, and the marker prompt.
+        # `'__sc'"NONCE"'_$?_# '` expands to `__scNONCE_0_# `.
         setup = (
             "set +o emacs +o vi 2>/dev/null; stty -echo 2>/dev/null; "
             "export TERM=dumb PAGER=cat SYSTEMD_PAGER= SYSTEMD_COLORS=0; unset PROMPT_COMMAND; "
+            '[ -n "$ZSH_VERSION" ] && { unsetopt zle prompt_cr prompt_sp; setopt prompt_subst; '
+            "unset precmd_functions RPROMPT RPS1; }; "
             f"PS2=''; PS1='__sc'\"{self.nonce}\"'_$?_# '"
         )
         self.console.sendline(setup)
@@ -207,7 +398,7 @@ class LinuxShell:
                 return b""
             return match.group(0)
 
-        text = raw.replace(b"\r\n", b"\n")
+        text = BRACKETED_PASTE.sub(b"", raw).replace(b"\r\n", b"\n")
         text = KERNEL_LINE.sub(strip, text)
         output = text.replace(b"\r", b"").decode("utf-8", errors="replace")
         return output, messages

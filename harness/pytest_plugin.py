@@ -13,7 +13,9 @@ Fixtures:
 
 Options: `--sercon-image NAME|PATH`, `--sercon-accel auto|tcg|kvm`, `--sercon-home DIR` (default:
 a temporary folder, printed at the end so you can `SERCON_HOME=DIR sercon attach NAME` while the
-tests run), `--sercon-keep` (leave guests running after the session, for debugging).
+tests run), `--sercon-keep` (leave guests running after the session, for debugging),
+`--sercon-prompt REGEX` / `--sercon-login-prompt REGEX` (a shell or login prompt sercon does not
+recognise by itself; also `SERCON_PROMPT` / `SERCON_LOGIN_PROMPT`).
 
 When a test fails, the tail of the serial log of every guest it used is added to the report.
 At the end, a console-path report lists each guest: accelerator, boots, events, log path.
@@ -47,12 +49,25 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="accelerator for guests (default: $SERCON_ACCEL or auto-probe)")
     group.addoption("--sercon-home", default=None, help="SERCON_HOME for test guests (default: a temporary folder)")
     group.addoption("--sercon-keep", action="store_true", help="leave the guests running after the session")
+    group.addoption("--sercon-prompt", default=os.environ.get("SERCON_PROMPT"),
+                    help="regular expression for the guest's shell prompt when sercon does not recognise it "
+                    "(matched against the text left of the cursor, colours removed)")
+    group.addoption("--sercon-login-prompt", default=os.environ.get("SERCON_LOGIN_PROMPT"),
+                    help="regular expression for the getty's login prompt, likewise")
+
+
+_PROMPTS: dict[str, str | None] = {}
 
 
 def pytest_configure(config: pytest.Config) -> None:
     accel = config.getoption("--sercon-accel")
     if accel:
         os.environ["SERCON_ACCEL"] = accel
+    # Also known where pyproject.toml's list is not read (pytest --pyargs harness.readiness_suite elsewhere).
+    config.addinivalue_line("markers", "guest: boots a real guest under QEMU")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    _PROMPTS["shell"] = config.getoption("--sercon-prompt")
+    _PROMPTS["login"] = config.getoption("--sercon-login-prompt")
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +107,8 @@ def _stop(request: pytest.FixtureRequest, machine: Machine) -> None:
 
 
 def _login(machine: Machine) -> LinuxShell:
-    shell = LinuxShell(Console.for_machine(machine))
+    shell = LinuxShell(Console.for_machine(machine), shell_prompt=_PROMPTS.get("shell"),
+                       login_prompt=_PROMPTS.get("login"))
     spec = machine.spec
     shell.login((spec.user or "root") if spec else "root", spec.password if spec else "sercon")
     return shell

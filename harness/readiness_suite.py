@@ -7,7 +7,8 @@
 The image boots once (in a guest of its own, never writing to your file); each requirement is one
 test: a failed check fails its test with the fix in the message, a warning is a pytest warning,
 a check that does not apply (GRUB on a `-kernel` boot) is skipped. Credentials come from the
-recipe, or `SERCON_CHECK_USER` / `SERCON_CHECK_PASSWORD` (default user root).
+recipe, or `SERCON_CHECK_USER` / `SERCON_CHECK_PASSWORD` (default user root); a prompt sercon
+does not recognise, from `--sercon-prompt REGEX`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import pytest
 
 from emulator import GuestSpec
 
+from .pytest_plugin import _PROMPTS
 from .readiness import CHECKS, Report, check_image, disk_format
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
@@ -32,7 +34,7 @@ class ReadinessWarning(UserWarning):
 @pytest.fixture(scope="module")
 def readiness_report(sercon_home: Path, sercon_spec: GuestSpec) -> Report:
     spec = sercon_spec
-    if spec.disk and not spec.disk_format:
+    if spec.disk and not spec.kernel:  # vmdk, vhd, vhdx too: ask qemu-img, not the first bytes
         spec = spec.replace(disk_format=disk_format(spec.disk))
     if spec.disk:
         spec = spec.replace(disk_snapshot=True)
@@ -40,7 +42,10 @@ def readiness_report(sercon_home: Path, sercon_spec: GuestSpec) -> Report:
     password = os.environ.get("SERCON_CHECK_PASSWORD") or spec.password
     if password is None:
         pytest.fail("set SERCON_CHECK_PASSWORD (and SERCON_CHECK_USER) to the image's login")
-    return check_image(spec, user, password, label=spec.image or spec.disk or spec.kernel)
+    report = check_image(spec, user, password, label=spec.image or spec.disk or spec.kernel,
+                         shell_prompt=_PROMPTS.get("shell"), login_prompt=_PROMPTS.get("login"))
+    print(f"\nsercon readiness of {report.image}: verdict in {report.seconds:.1f} s")
+    return report
 
 
 @pytest.mark.parametrize("check_id", list(CHECKS))

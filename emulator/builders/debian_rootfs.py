@@ -342,6 +342,21 @@ def configure_rootfs(root: Path, settings: dict[str, Any], root_device: str) -> 
         for home_dir in {"root", f"home/{user}" if user != "root" else "root"}:
             _write(root, f"{home_dir}/.hushlogin", "")
 
+    for number, extra in enumerate(settings.get("users", [])):
+        _add_user(root, extra, 1001 + number)
+    for rel, text in sorted(settings.get("files", {}).items()):
+        _write(root, rel.lstrip("/"), str(text), 0o755 if str(text).startswith("#!") else 0o644)
+        owner = re.match(r"/?home/([^/]+)/", rel)
+        if owner:  # a file in a user's home belongs to that user
+            uid = next((1001 + n for n, u in enumerate(settings.get("users", [])) if u["name"] == owner.group(1)),
+                       1000)
+            os.chown(root / rel.lstrip("/"), uid, uid)
+    if settings.get("autologin"):
+        # agetty --autologin: a shell on ttyS0 with no login prompt at all.
+        _write(root, "etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
+               "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin "
+               f"{settings['autologin']} --keep-baud 115200,57600,38400,9600 %I $TERM\n")
+
     getty = settings.get("getty", "enabled")
     unit = "etc/systemd/system/serial-getty@ttyS0.service"
     wants = "etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service"
@@ -366,6 +381,25 @@ def configure_rootfs(root: Path, settings: dict[str, Any], root_device: str) -> 
     # A clean machine-id for each boot of a fresh image (systemd writes one on first boot).
     _write(root, "etc/machine-id", "")
     return {"user": user, "password": password}
+
+
+def _add_user(root: Path, user: dict[str, Any], uid: int) -> None:
+    """A further login user: {name, shell, password (default "sercon"), expired (must change it at login)}."""
+    name, shell = str(user["name"]), str(user.get("shell", "/bin/bash"))
+    home = root / "home" / name
+    home.mkdir(parents=True, exist_ok=True)
+    os.chown(home, uid, uid)
+    with (root / "etc/passwd").open("a") as fh:
+        fh.write(f"{name}:x:{uid}:{uid}:{name}:/home/{name}:{shell}\n")
+    with (root / "etc/group").open("a") as fh:
+        fh.write(f"{name}:x:{uid}:\n")
+    last_change = "0" if user.get("expired") else "19000"  # 0: the password must be changed at the next login
+    with (root / "etc/shadow").open("a") as fh:
+        fh.write(f"{name}:{hash_password(str(user.get('password', 'sercon')))}:{last_change}:0:99999:7:::\n")
+    shells = root / "etc/shells"
+    if shells.is_file() and shell not in shells.read_text().split():
+        with shells.open("a") as fh:
+            fh.write(shell + "\n")
 
 
 def make_ext4(root: Path, image: Path, *, label: str, offset: int = 0, extra_mb: int = 256,

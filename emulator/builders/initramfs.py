@@ -1,9 +1,13 @@
 """Builder for kernel + busybox initramfs guests (`builder = "initramfs"`), such as linux-initramfs.
 
 Inputs: a Debian kernel package and busybox-static, both downloaded with apt and unpacked; the
-recipe folder's `rcS` and `inittab`; optionally `programs` (in `[settings]`): C sources in the
-recipe folder, each compiled with the host's `gcc -static -O2` into `/bin/NAME` (the sac-sim
-image's SAC simulator). Output: `vmlinux` (or `bzImage`) and `initramfs.cpio`.
+recipe folder's `rcS` and `inittab`. Settings for variants (guests as other people build them):
+`hostname` ("" for none: `(none) login:`), `password` ("" for none), `issue`, `motd`, `profile`
+(appended to /etc/profile: PS1 and the like), `getty` (inittab lines replacing the serial
+gettys; "" for none), `files` ({path: text}, executable when it starts with `#!`). Optionally
+`programs` (in `[settings]`): C sources in the recipe folder, each compiled with the host's
+`gcc -static -O2` into `/bin/NAME` (the sac-sim image's SAC simulator).
+Output: `vmlinux` (or `bzImage`) and `initramfs.cpio`.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         user = settings.get("user", "root")
         password = settings.get("password", "sercon")
         hostname = settings.get("hostname", "sercon")
-        pw_hash = hash_password(password)
+        pw_hash = hash_password(password) if password else ""  # "": no password, login asks none
         home = "/root" if user == "root" else f"/home/{user}"
         passwd = "root:x:0:0:root:/root:/bin/sh\n"
         shadow = f"root:{pw_hash if user == 'root' else '*'}:19000:0:99999:7:::\n"
@@ -97,12 +101,18 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         cpio.file("etc/passwd", passwd.encode())
         cpio.file("etc/shadow", shadow.encode(), 0o600)
         cpio.file("etc/group", b"root:x:0:\n" + (f"{user}:x:1000:\n".encode() if user != "root" else b""))
-        cpio.file("etc/hostname", f"{hostname}\n".encode())
+        if hostname:  # "": none set, the kernel's "(none)" stays (rcS skips an empty /etc/hostname)
+            cpio.file("etc/hostname", f"{hostname}\n".encode())
         cpio.file("etc/sysrq", f"{int(settings.get('sysrq', 1))}\n".encode())
         cpio.file("etc/modules", ("\n".join(module_names) + "\n").encode())
-        cpio.file("etc/issue", b"sercon guest \\n on \\l\n\n")
-        cpio.file("etc/profile", b"export PATH=/bin:/sbin:/usr/bin:/usr/sbin\n")
-        cpio.file("etc/inittab", (folder / "inittab").read_bytes())
+        cpio.file("etc/issue", str(settings.get("issue", "sercon guest \\n on \\l\n\n")).encode())
+        if settings.get("motd"):
+            cpio.file("etc/motd", str(settings["motd"]).encode())
+        profile = "export PATH=/bin:/sbin:/usr/bin:/usr/sbin\n" + str(settings.get("profile", ""))
+        cpio.file("etc/profile", profile.encode())
+        cpio.file("etc/inittab", inittab((folder / "inittab").read_text(), settings.get("getty")).encode())
+        for rel, text in sorted(settings.get("files", {}).items()):
+            cpio.file(rel.lstrip("/"), str(text).encode(), 0o755 if str(text).startswith("#!") else 0o644)
         cpio.file("etc/init.d/rcS", (folder / "rcS").read_bytes(), 0o755)
         cpio.file("etc/acpi/PWRF/00000080", b"#!/bin/sh\npoweroff\n", 0o755)
         for source in settings.get("programs", []):
@@ -119,6 +129,18 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
         "user": user,
         "password": password,
     }
+
+
+def inittab(text: str, getty: str | None) -> str:
+    """The recipe's inittab with its serial getty lines (`ttyS*::`) replaced by `getty` (None: kept).
+
+    `getty` is one or more inittab lines, e.g. `ttyS0::respawn:/sbin/getty -L 9600 ttyS0 vt220`;
+    "" leaves the serial ports without a getty.
+    """
+    if getty is None:
+        return text
+    kept = [line for line in text.splitlines() if not line.startswith("ttyS")]
+    return "\n".join(kept[:1] + [line for line in getty.splitlines() if line.strip()] + kept[1:]) + "\n"
 
 
 def compile_static(source: Path, tmp: Path) -> bytes:
