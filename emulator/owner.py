@@ -30,7 +30,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from . import accel as accel_mod
-from . import snapshots
+from . import firmware, snapshots
 from .errors import ActionFailed, ConsoleBusy, GuestNotRunning, SerconError, SnapshotError
 from .qemu_args import SERIAL_ID, find_qemu, qemu_args
 from .serial_log import EventLog, SerialLog, read_log, tail_lines
@@ -167,11 +167,14 @@ class ConsoleOwner:
         overlay = None
         if self.spec.disk and self.spec.disk_snapshot and backing is not None:
             overlay = await self._make_overlay(*backing)
+        saved_vars = snap.folder / firmware.VARS_COPY if snapshot is not None else None
+        vars_file = firmware.vars_copy(self.spec.firmware_vars, self.folder, saved_vars) if self.spec.firmware_vars else None
         serial_ours, serial_qemu = socket.socketpair()
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(
             self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
             name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None,
+            firmware_vars=str(vars_file) if vars_file else None,
         )
         pass_fds = [serial_qemu.fileno(), qmp_qemu.fileno()]
         if state_file is not None:
@@ -281,6 +284,8 @@ class ConsoleOwner:
             if overlay.exists() and self.spec.disk:
                 # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
                 shutil.copyfile(overlay, tmp / "disk.qcow2")
+            if self.spec.firmware_vars:  # the UEFI variables go with the state, as the disk does
+                shutil.copyfile(self.folder / firmware.VARS_COPY, tmp / firmware.VARS_COPY)
             snap = snapshots.commit(tmp, name, key, {
                 "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
                 "guest": self.name, "extra": extra or {},

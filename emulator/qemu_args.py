@@ -42,14 +42,22 @@ def qemu_args(
     name: str = "sercon",
     qemu: str = QEMU_BINARY,
     disk_overlay: str | None = None,
+    firmware_vars: str | None = None,
 ) -> list[str]:
-    """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm")."""
+    """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm").
+
+    `firmware_vars` is this power-on's copy of the UEFI variable store (default: the spec's template,
+    read-only, for callers that make no copy).
+    """
+    machine = spec.machine
+    if spec.secure_boot and "smm=" not in machine:
+        machine += ",smm=on"
     args = [
         qemu,
         "-name", f"guest={name}",
         "-nodefaults",
         "-no-user-config",
-        "-machine", f"{spec.machine},accel={accel}",
+        "-machine", f"{machine},accel={accel}",
         "-m", str(spec.memory_mb),
         "-smp", str(spec.cpus),
         "-display", "none",
@@ -68,6 +76,8 @@ def qemu_args(
         args += ["-cpu", "host"]
     if spec.pvpanic:
         args += ["-device", "pvpanic"]
+    if spec.firmware:
+        args += firmware_args(spec, firmware_vars)
     if spec.kernel:
         args += ["-kernel", spec.kernel]
         if spec.initrd:
@@ -85,4 +95,18 @@ def qemu_args(
         if spec.disk_snapshot:
             args += ["-snapshot"]
     args += list(spec.extra_args)
+    return args
+
+
+def firmware_args(spec: GuestSpec, firmware_vars: str | None) -> list[str]:
+    """UEFI as two flash chips: CODE read-only, VARS the guest's own copy (SMM-protected under Secure Boot)."""
+    assert spec.firmware
+    args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware}"]
+    if firmware_vars:
+        args += ["-drive", f"if=pflash,format=raw,unit=1,file={firmware_vars}"]
+    elif spec.firmware_vars:
+        args += ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={spec.firmware_vars}"]
+    if spec.secure_boot:
+        # Only code running in SMM may write the variable store: what makes Secure Boot's keys stick.
+        args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     return args

@@ -14,6 +14,9 @@ everything the state depends on: the QEMU binary and version, the accelerator, a
 spec's hardware (machine, memory, CPUs, devices, kernel/initrd/disk identity). A snapshot whose
 metadata does not match, whose state file is truncated or altered (BLAKE2 digest), or which QEMU
 refuses to load is reported in one line and never used.
+
+A UEFI guest's snapshot also keeps its copy of the firmware variables (`efivars.fd`, see
+emulator/firmware.py) next to `disk.qcow2`: the firmware's NVRAM is part of the machine's state.
 """
 
 from __future__ import annotations
@@ -83,6 +86,9 @@ def snapshot_key(spec: GuestSpec, accel: str, qemu: str) -> str:
         "pvpanic": spec.pvpanic,
         "extra_args": spec.extra_args,
     }
+    if spec.firmware:  # added only for UEFI guests, so BIOS guests keep their snapshots' keys
+        hardware.update(firmware=_file_identity(spec.firmware), firmware_vars=_file_identity(spec.firmware_vars),
+                        secure_boot=spec.secure_boot)
     return hashlib.sha256(json.dumps(hardware, sort_keys=True).encode()).hexdigest()[:16]
 
 

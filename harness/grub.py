@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import re
 
+from emulator import Machine
 from emulator.errors import SerconError
 
-from .console import Console
+from .console import Console, ConsoleTimeout
+from .linux import LinuxShell
+
+KERNEL_BANNER = re.compile(rb"Linux version \d")
+MAINTENANCE_PROMPT = re.compile(rb"Give root password for maintenance\s+\(or press Control-D to continue\): ")
+ROOT_PROMPT = re.compile(rb"root@[\w.-]+:[^\r\n#]*# ")
 
 MENU_COUNTDOWN = re.compile(rb"The highlighted entry will be executed automatically in \d+s")
 MENU_HELP = re.compile(rb"Use the \^ and v keys to select")
@@ -35,6 +41,12 @@ class GrubError(SerconError):
 class GrubConsole:
     def __init__(self, console: Console) -> None:
         self.console = console
+
+    def select_entry(self, down: int) -> None:
+        """Stop the countdown, move the highlight `down` entries (GRUB's `v` key) and boot it (Enter)."""
+        self.console.send(b"v" * down if down else b"^")
+        self.console.drain(quiet=0.3, limit=5)
+        self.console.send(b"\r")
 
     def wait_for_menu(self, timeout: float = 120.0) -> None:
         """Wait until GRUB's menu counts down, then stop the countdown (any key but Enter does)."""
@@ -81,3 +93,57 @@ def editor_lines(screen: bytes) -> list[str]:
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
+
+
+class GrubGuest:
+    """A disk guest whose boots go through GRUB on the serial console, with one console kept open.
+
+    What the GRUB scenarios and the rescue drills share: catch the menu, log in, answer sulogin,
+    run a command at a plain root prompt (rescue shell, init=/bin/sh).
+    """
+
+    def __init__(self, machine: Machine, user: str = "root", password: str = "sercon", boot_timeout: float = 240.0,
+                 from_offset: int | None = 0) -> None:
+        self.machine = machine
+        self.user = user
+        self.password = password
+        self.boot_timeout = boot_timeout
+        self.console = Console.for_machine(machine, from_offset=from_offset)
+        self.grub = GrubConsole(self.console)
+        #: The logged-in shell of the current boot, if any (a reset or reboot ends it).
+        self.shell: LinuxShell | None = None
+
+    def login(self, password: str | None = None) -> LinuxShell:
+        self.shell = LinuxShell(self.console)
+        self.shell.login(self.user, password or self.password, timeout=self.boot_timeout)
+        return self.shell
+
+    def logged_in(self) -> LinuxShell:
+        return self.shell or self.login()
+
+    def reset_to_menu(self) -> None:
+        """Hard reset with the console open, and wait for GRUB's countdown."""
+        self.shell = None
+        self.machine.reset()
+        self.grub.wait_for_menu(timeout=self.boot_timeout)
+
+    def sulogin(self, password: str | None = None) -> None:
+        """Answer systemd's 'Give root password for maintenance' (emergency or rescue mode)."""
+        self.console.expect(MAINTENANCE_PROMPT, timeout=self.boot_timeout)
+        self.console.sendline(password or self.password)
+        try:
+            self.console.expect(ROOT_PROMPT, timeout=30)
+        except ConsoleTimeout:
+            # sulogin flushes the terminal's input once it is ready to read: under load the password can
+            # arrive before that and be thrown away. Typing it again is what a person would do.
+            self.console.sendline(password or self.password)
+            self.console.expect(ROOT_PROMPT, timeout=60)
+
+    def shell_command(self, command: str, marker: str, timeout: float = 60.0) -> str:
+        """Run a command at a plain root prompt (rescue or init=/bin/sh shells); the rest of the marker line."""
+        self.console.sendline(f"echo {marker}-$((6*7)) {command}")
+        self.console.expect(re.compile(marker.encode() + rb"-42 ([^\r\n]*)\r"), timeout=timeout)
+        return self.console.match.group(1).decode(errors="replace")
+
+    def close(self) -> None:
+        self.console.close()
