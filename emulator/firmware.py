@@ -36,7 +36,8 @@ def find_ovmf(secure_boot: bool = False) -> tuple[Path, Path]:
 def missing_firmware_message(path: str) -> str:
     """One line for a spec whose firmware file is missing."""
     if "ovmf" in path.lower():
-        return f"UEFI firmware {path} not found: install it with `apt-get install {OVMF_PACKAGE}` (or `make setup` as root)"
+        return (f"UEFI firmware {path} not found: install it with `apt-get install {OVMF_PACKAGE}` "
+                "(or `make setup` as root)")
     return f"firmware file not found: {path}"
 
 

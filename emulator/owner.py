@@ -167,8 +167,10 @@ class ConsoleOwner:
         overlay = None
         if self.spec.disk and self.spec.disk_snapshot and backing is not None:
             overlay = await self._make_overlay(*backing)
-        saved_vars = snap.folder / firmware.VARS_COPY if snapshot is not None else None
-        vars_file = firmware.vars_copy(self.spec.firmware_vars, self.folder, saved_vars) if self.spec.firmware_vars else None
+        vars_file = None
+        if self.spec.firmware_vars:  # UEFI: this power-on's own copy of the variable store
+            saved_vars = snap.folder / firmware.VARS_COPY if snapshot is not None else None
+            vars_file = firmware.vars_copy(self.spec.firmware_vars, self.folder, saved_vars)
         serial_ours, serial_qemu = socket.socketpair()
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(

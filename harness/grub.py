@@ -59,7 +59,9 @@ class GrubConsole:
             self.console.send(b"\x1b[B")
         self.console.send(b"e")
         self.console.expect(EDITOR_HELP, timeout=timeout)
-        screen = self.console.drain(quiet=0.5, limit=10)
+        # GRUB may draw the entry before the help line (BIOS) or after it (EFI): keep both sides.
+        screen = (self.console.before + self.console.match.group(0) + self.console.discard_buffered()
+                  + self.console.drain(quiet=0.5, limit=10))
         lines = editor_lines(screen)
         index = next((i for i, line in enumerate(lines) if line.strip().startswith(("linux", "linuxefi"))), None)
         if index is None:
@@ -103,15 +105,16 @@ class GrubGuest:
     """
 
     def __init__(self, machine: Machine, user: str = "root", password: str = "sercon", boot_timeout: float = 240.0,
-                 from_offset: int | None = 0) -> None:
+                 *, console: Console | None = None, shell: LinuxShell | None = None) -> None:
         self.machine = machine
         self.user = user
         self.password = password
         self.boot_timeout = boot_timeout
-        self.console = Console.for_machine(machine, from_offset=from_offset)
+        #: The console, from the start of the serial log unless one is given (e.g. the shell's).
+        self.console = console or (shell.console if shell else Console.for_machine(machine, from_offset=0))
         self.grub = GrubConsole(self.console)
         #: The logged-in shell of the current boot, if any (a reset or reboot ends it).
-        self.shell: LinuxShell | None = None
+        self.shell: LinuxShell | None = shell
 
     def login(self, password: str | None = None) -> LinuxShell:
         self.shell = LinuxShell(self.console)
