@@ -31,6 +31,8 @@ MENU_COUNTDOWN = re.compile(rb"The highlighted entry will be executed automatica
 MENU_HELP = re.compile(rb"Use the \^ and v keys to select")
 EDITOR_HELP = re.compile(rb"return to the GRUB menu\.?")
 ROW = re.compile(rb"\x1b\[(\d+);3H([^\x1b]*)")
+GRUB_PROMPT = re.compile(rb"grub> ")
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
 CTRL_N, CTRL_E, CTRL_X = b"\x0e", b"\x05", b"\x18"
 
 
@@ -47,6 +49,19 @@ class GrubConsole:
         self.console.send(b"v" * down if down else b"^")
         self.console.drain(quiet=0.3, limit=5)
         self.console.send(b"\r")
+
+    def command_line(self, timeout: float = 30.0) -> None:
+        """From the menu, open GRUB's command line (`c`)."""
+        self.console.send(b"c")
+        self.console.expect(GRUB_PROMPT, timeout=timeout)
+
+    def command(self, line: str, timeout: float = 120.0) -> str:
+        """Run one command at GRUB's command line; returns what it printed (e.g. `error: bad shim signature.`)."""
+        self.console.sendline(line)
+        self.console.expect(GRUB_PROMPT, timeout=timeout)
+        # GRUB echoes the typed line with cursor moves, then a newline, then the command's output.
+        _, _, output = self.console.before.partition(b"\n")
+        return ANSI.sub(b"", output).decode(errors="replace").replace("\r", "").strip()
 
     def wait_for_menu(self, timeout: float = 120.0) -> None:
         """Wait until GRUB's menu counts down, then stop the countdown (any key but Enter does)."""

@@ -47,6 +47,7 @@ CHECKS: dict[str, str] = {
     "getty": "a login prompt (getty) on ttyS0",
     "password-user": "a user that logs in with a password",
     "grub-serial": "GRUB menu on the serial port, with a timeout",
+    "grub-efi": "GRUB EFI sets up the serial terminal (grub.cfg on the ESP)",
     "sysrq-mask": "kernel.sysrq allows the console's SysRq keys",
     "sysrq-serial": "SysRq over the serial line reaches the kernel",
     "nmi-panic": "an NMI panics the kernel (kernel.unknown_nmi_panic=1)",
@@ -227,7 +228,7 @@ def _run_checks(report: Report, machine: Machine, console: Console, user: str, p
     probe = _sysrq_probe(machine, console)
 
     if shell is None:
-        for check_id in ("sysrq-mask", "nmi-panic", "panic-reboot", "tmout", "rescue"):
+        for check_id in ("sysrq-mask", "nmi-panic", "panic-reboot", "tmout", "rescue", "grub-efi"):
             add(Check(check_id, "skip", "needs a shell on the console (see getty/password-user)"))
         add(_sysrq_serial_check(probe, None))
         report.checks.sort(key=lambda c: list(CHECKS).index(c.id))
@@ -264,6 +265,7 @@ def _run_checks(report: Report, machine: Machine, console: Console, user: str, p
                   "printf 'TMOUT=600\\nexport TMOUT\\n' > /etc/profile.d/tmout.sh"))
 
     add(_rescue_check(shell))
+    add(grub_efi_check(shell))
     report.checks.sort(key=lambda c: list(CHECKS).index(c.id))
     return report
 
@@ -351,6 +353,56 @@ def _rescue_check(shell: LinuxShell) -> Check:
         return Check("rescue", "pass", "root is locked but SYSTEMD_SULOGIN_FORCE=1: rescue gives a root shell")
     return Check("rescue", "fail", "root has no password: sulogin refuses rescue/emergency mode "
                  "('Cannot open access to console, the root account is locked')", fix)
+
+
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+GRUB_EFI_FIX = ('in /etc/default/grub set GRUB_TERMINAL="serial console" (or GRUB_TERMINAL_OUTPUT="serial" where the '
+                'firmware console is on COM1 too) and GRUB_SERIAL_COMMAND="serial --speed=115200", run update-grub, '
+                "and check that the ESP's EFI/<distribution>/grub.cfg loads /boot/grub/grub.cfg (grub-install does)")
+
+
+def grub_efi_check(shell: LinuxShell) -> Check:
+    """On a UEFI guest: GRUB's configuration, from the grub.cfg on the EFI system partition (and the
+    /boot/grub/grub.cfg it loads), has a `serial` command and `serial` in terminal_output.
+
+    Seeing GRUB on COM1 is not enough under UEFI: firmware whose console is on COM1 (OVMF here)
+    copies GRUB's screen-only output there, while a cloud's firmware may not, and the menu is gone.
+    """
+    if not shell.run("test -d /sys/firmware/efi").ok:
+        return Check("grub-efi", "skip", "not booted through UEFI (no /sys/firmware/efi)")
+    esp = shell.run(f"lsblk -nrpo NAME,PARTTYPE | awk 'tolower($2)==\"{ESP_TYPE}\"{{print $1; exit}}'").output.strip()
+    if not esp:
+        return Check("grub-efi", "warn", "booted through UEFI, but no EFI system partition is visible", GRUB_EFI_FIX)
+    mounted = shell.run(f"findmnt -nro TARGET --source {esp} | head -1").output.strip()
+    mount = mounted or "/run/sercon-esp"
+    if not mounted and not shell.run(f"mkdir -p {mount} && mount -o ro {esp} {mount}").ok:
+        return Check("grub-efi", "skip", f"cannot mount the EFI system partition {esp} to read its grub.cfg")
+    try:
+        found = shell.run(f"find {mount}/EFI -maxdepth 2 -iname grub.cfg 2>/dev/null").output.split()
+        names = [f"ESP:{path.removeprefix(mount)}" for path in found]
+        text = shell.run(f"cat {' '.join(found)} 2>/dev/null").output if found else ""
+    finally:
+        if not mounted:
+            shell.run(f"umount {mount}")
+    if not found:
+        return Check("grub-efi", "fail", f"no grub.cfg on the EFI system partition {esp}", GRUB_EFI_FIX)
+    loaded = re.search(r"^\s*(?:configfile|source)\s+\S*/boot/grub2?/grub\.cfg|^\s*set\s+prefix=\S*/boot/grub2?",
+                       text, re.M)
+    if loaded:  # the usual stub: the menu itself is in /boot/grub/grub.cfg on the root filesystem
+        boot_cfg = shell.run("for f in /boot/grub/grub.cfg /boot/grub2/grub.cfg; do [ -r $f ] && echo $f && "
+                             "break; done").output.strip()
+        if boot_cfg:
+            names.append(boot_cfg)
+            text += shell.run(f"cat {boot_cfg}").output
+    where = " -> ".join(names)
+    has_serial = re.search(r"^\s*serial\b", text, re.M)
+    output = re.search(r"^\s*terminal_output\b[^\n]*\bserial\b", text, re.M)
+    if has_serial and output:
+        return Check("grub-efi", "pass", f"GRUB EFI's serial terminal is set up in {where}")
+    missing = ", ".join(what for what, ok in (("no `serial` command", has_serial),
+                                              ("no `serial` in terminal_output", output)) if not ok)
+    return Check("grub-efi", "fail", f"GRUB EFI ({where}): {missing}; its menu reaches COM1 only where the "
+                 "firmware copies its console there", GRUB_EFI_FIX)
 
 
 # ---------------------------------------------------------------------- CLI

@@ -17,6 +17,7 @@ import pytest
 from emulator import Machine
 from emulator.images import build_image
 from harness.grub import KERNEL_BANNER, GrubGuest
+from harness.readiness import grub_efi_check
 from harness.uefi import OvmfConsole
 
 pytestmark = [pytest.mark.guest, pytest.mark.slow]
@@ -47,6 +48,9 @@ def test_ovmf_then_grub_efi_on_serial_then_login(uefi: GrubGuest) -> None:
     log = uefi.machine.read_log(0)
     assert FIRMWARE.search(log).start() < log.index(b"GNU GRUB") < KERNEL_BANNER.search(log).start()  # type: ignore[union-attr]
     assert uefi.machine.spec is not None and uefi.machine.spec.machine == "q35"
+    efi = grub_efi_check(shell)  # sercon check's reading of the ESP's grub.cfg
+    assert (efi.status, efi.detail) == ("pass", "GRUB EFI's serial terminal is set up in "
+                                                "ESP:/EFI/debian/grub.cfg -> /boot/grub/grub.cfg")
 
 
 def test_sysrq_over_serial(uefi: GrubGuest) -> None:
