@@ -7,11 +7,14 @@ STAMP       := $(VENV)/.sercon-installed
 PYTEST_ARGS ?=
 # Debian packages the tests need: QEMU (with qemu-img), openssl (hashes guest passwords),
 # mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
-# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest).
+# tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest); UEFI guests:
+# ovmf (firmware), grub-efi-amd64-bin, grub-efi-amd64-signed + shim-signed (Secure Boot chain),
+# dosfstools + mtools (the EFI system partition, without a loop mount), swtpm (a vTPM).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
-                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio \
+                ovmf grub-efi-amd64-bin grub-efi-amd64-signed shim-signed swtpm dosfstools mtools
 
-.PHONY: setup system-packages images test test-unit test-linux test-windows lint bench clean clean-cache
+.PHONY: setup system-packages images test test-unit test-linux test-drills test-windows lint bench clean clean-cache
 
 setup: $(STAMP)
 
@@ -41,7 +44,8 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q; else echo "run: sudo apt-get update"; exit 1; fi; }
 
 images: setup
-	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub
+	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub debian-uefi \
+	  debian-uefi-secureboot
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -49,11 +53,20 @@ test-unit: setup
 test-linux: images
 	$(PY) -m pytest tests/linux -v -p no:cacheprovider $(PYTEST_ARGS)
 
+# The rescue drills, as users run them against their own images, on the BIOS and the UEFI disk.
+DRILL_IMAGES ?= debian-grub debian-uefi
+test-drills: images
+	@for image in $(DRILL_IMAGES); do \
+	  $(PY) -m pytest --pyargs harness.rescue_drills --sercon-image $$image -v -p no:cacheprovider $(PYTEST_ARGS) \
+	    || exit 1; \
+	done
+
 test-windows: images
 	$(PY) -m pytest tests/windows -v -p no:cacheprovider $(PYTEST_ARGS)
 
 test: images
 	$(PY) -m pytest tests -v -p no:cacheprovider --ignore=tests/bench $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-drills
 
 lint: setup
 	$(VENV)/bin/ruff check emulator harness tests

@@ -59,9 +59,9 @@ class GrubConsole:
         """Run one command at GRUB's command line; returns what it printed (e.g. `error: bad shim signature.`)."""
         self.console.sendline(line)
         self.console.expect(GRUB_PROMPT, timeout=timeout)
-        # GRUB echoes the typed line with cursor moves, then a newline, then the command's output.
-        _, _, output = self.console.before.partition(b"\n")
-        return ANSI.sub(b"", output).decode(errors="replace").replace("\r", "").strip()
+        # GRUB echoes the typed line with cursor moves (wrapping long lines), then prints the output.
+        shown = ANSI.sub(b"", self.console.before).decode(errors="replace").replace("\r", "")
+        return after_echo(shown, line).strip()
 
     def wait_for_menu(self, timeout: float = 120.0) -> None:
         """Wait until GRUB's menu counts down, then stop the countdown (any key but Enter does)."""
@@ -85,6 +85,17 @@ class GrubConsole:
         self.console.send(extra.encode())
         self.console.send(CTRL_X)
         return lines[index].strip()
+
+
+def after_echo(shown: str, typed: str) -> str:
+    """What follows the echo of `typed` in `shown` (the echo may have line breaks where it wrapped)."""
+    matched = 0
+    for pos, char in enumerate(shown):
+        if matched < len(typed) and char == typed[matched]:
+            matched += 1
+            if matched == len(typed):
+                return shown[pos + 1:]
+    return shown
 
 
 def editor_lines(screen: bytes) -> list[str]:
