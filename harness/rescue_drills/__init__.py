@@ -154,8 +154,10 @@ def lost_root_password(guest: GrubGuest, new_password: str | None = None) -> Dri
     guest.grub.edit_kernel_line(" init=/bin/bash")
     guest.console.expect(BASH_INIT, timeout=guest.boot_timeout)
     result.step("GRUB: booted with init=/bin/bash")
+    # /proc first: nothing mounts it before init=/bin/bash, and mount and the reboot below read it.
     changed = guest.shell_command(
-        f"$(mount -o remount,rw / && echo 'root:{new_password}' | chpasswd && sync && echo changed)", "PASSWD")
+        f"$(mount -t proc proc /proc 2>/dev/null; mount -o remount,rw / && echo 'root:{new_password}' | chpasswd "
+        "&& sync && echo changed)", "PASSWD")
     if changed != "changed":
         raise DrillFailed(f"could not set the new password from init=/bin/bash: {changed!r}")
     result.step("init=/bin/bash: remounted / read-write, set a new password, synced")
