@@ -55,13 +55,24 @@ class GrubConsole:
         self.console.send(b"c")
         self.console.expect(GRUB_PROMPT, timeout=timeout)
 
+    def type(self, keys: bytes, pause: float = 0.1) -> None:
+        """Send keys one at a time, each once GRUB has echoed the one before (the line went quiet).
+
+        Under UEFI with the firmware's console on COM1, two readers take bytes from the UART: GRUB's
+        serial terminal and the firmware's console, which GRUB reads as its `console` input. A burst
+        of keys gets split between them and reaches GRUB out of order; one key at a time does not.
+        """
+        for key in keys:
+            self.console.send(bytes([key]))
+            self.console.drain(quiet=pause, limit=5)
+
     def command(self, line: str, timeout: float = 120.0) -> str:
         """Run one command at GRUB's command line; returns what it printed (e.g. `error: bad shim signature.`)."""
-        self.console.sendline(line)
+        self.type(line.encode())
+        self.console.send(b"\r")
         self.console.expect(GRUB_PROMPT, timeout=timeout)
-        # GRUB echoes the typed line with cursor moves (wrapping long lines), then prints the output.
-        shown = ANSI.sub(b"", self.console.before).decode(errors="replace").replace("\r", "")
-        return after_echo(shown, line).strip()
+        # type() read the echo of the line; what came after Enter is the command's output.
+        return ANSI.sub(b"", self.console.before).decode(errors="replace").replace("\r", "").strip()
 
     def wait_for_menu(self, timeout: float = 120.0) -> None:
         """Wait until GRUB's menu counts down, then stop the countdown (any key but Enter does)."""
@@ -81,21 +92,9 @@ class GrubConsole:
         index = next((i for i, line in enumerate(lines) if line.strip().startswith(("linux", "linuxefi"))), None)
         if index is None:
             raise GrubError("no `linux` line in the GRUB entry being edited; the editor showed:\n" + "\n".join(lines))
-        self.console.send(CTRL_N * index + CTRL_E)
-        self.console.send(extra.encode())
+        self.type(CTRL_N * index + CTRL_E + extra.encode())
         self.console.send(CTRL_X)
         return lines[index].strip()
-
-
-def after_echo(shown: str, typed: str) -> str:
-    """What follows the echo of `typed` in `shown` (the echo may have line breaks where it wrapped)."""
-    matched = 0
-    for pos, char in enumerate(shown):
-        if matched < len(typed) and char == typed[matched]:
-            matched += 1
-            if matched == len(typed):
-                return shown[pos + 1:]
-    return shown
 
 
 def editor_lines(screen: bytes) -> list[str]:
