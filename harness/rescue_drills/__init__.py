@@ -210,6 +210,7 @@ def broken_default_kernel(guest: GrubGuest) -> DrillResult:
     index = guest.console.expect([PANIC, re.compile(rb"login: ")], timeout=guest.boot_timeout)
     if index == 0:
         raise DrillFailed("the next boot, left alone, started the broken entry again")
+    guest.console.sendline()  # the prompt was read above: ask the getty for a fresh one
     guest.login()
     result.step("the next boot, untouched, logged in normally")
     result.recovered_by = "previous GRUB entry"
