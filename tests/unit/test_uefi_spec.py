@@ -76,3 +76,18 @@ def test_vars_copy_is_fresh_and_prefers_a_snapshots_copy(tmp_path: Path) -> None
     assert template.read_bytes() == b"template"  # the packaged file is never written
     assert firmware.vars_copy(str(template), guest).read_bytes() == b"template"  # each power-on starts afresh
     assert firmware.vars_copy(str(template), guest, saved).read_bytes() == b"saved"
+
+
+def test_snapshot_key_covers_the_firmware_and_leaves_bios_keys_alone(fake_ovmf: tuple[str, str, str],
+                                                                     tmp_path: Path) -> None:
+    from emulator import snapshots
+
+    code, variables, disk = fake_ovmf
+    qemu = tmp_path / "qemu"
+    qemu.write_text("#!/bin/sh\necho 'QEMU emulator version 7.2.0'\n")
+    qemu.chmod(0o755)
+    bios = GuestSpec(disk=disk, machine="q35")
+    uefi = bios.replace(firmware=code, firmware_vars=variables)
+    keys = {snapshots.snapshot_key(s, "tcg", str(qemu))
+            for s in (bios, uefi, uefi.replace(secure_boot=True), uefi.replace(firmware_vars=code))}
+    assert len(keys) == 4  # a state saved under one firmware is never loaded under another
