@@ -9,11 +9,15 @@ PYTEST_ARGS ?=
 # mmdebstrap + e2fsprogs + fdisk + grub-pc-bin (the Debian disk images), chromium (web console
 # tests), gcc + libc6-dev (the SAC simulator, linked statically into its guest), openssh-client (the
 # SSH gateway tests use the real OpenSSH client), zstd + xz-utils (sercon check reads initrds
-# compressed the way distributions ship them; e2fsprogs' debugfs and fdisk's sfdisk read disks offline).
+# compressed the way distributions ship them; e2fsprogs' debugfs and fdisk's sfdisk read disks offline);
+# UEFI guests: ovmf (firmware), grub-efi-amd64-bin, grub-efi-amd64-signed + shim-signed (Secure Boot
+# chain), dosfstools + mtools (the EFI system partition, without a loop mount), swtpm (a vTPM).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
-                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio openssh-client zstd xz-utils
+                mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio openssh-client zstd xz-utils \
+                ovmf grub-efi-amd64-bin grub-efi-amd64-signed shim-signed swtpm dosfstools mtools
 
-.PHONY: setup system-packages images test test-unit test-linux test-images test-windows lint bench clean clean-cache
+.PHONY: setup system-packages images test test-unit test-linux test-images test-drills test-windows lint bench \
+        clean clean-cache
 
 setup: $(STAMP)
 
@@ -46,7 +50,8 @@ system-packages:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -q; else echo "run: sudo apt-get update"; exit 1; fi; }
 
 images: setup
-	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub debian-shells
+	$(VENV)/bin/sercon image build linux-initramfs sac-sim debian-systemd debian-grub debian-shells debian-uefi \
+	  debian-uefi-secureboot
 
 test-unit: setup
 	$(PY) -m pytest tests/unit -q $(PYTEST_ARGS)
@@ -59,11 +64,20 @@ test-linux: images
 test-images: images
 	$(PY) -m pytest tests/images -v -s -p no:cacheprovider $(PYTEST_ARGS)
 
+# The rescue drills, as users run them against their own images, on the BIOS and the UEFI disk.
+DRILL_IMAGES ?= debian-grub debian-uefi
+test-drills: images
+	@for image in $(DRILL_IMAGES); do \
+	  $(PY) -m pytest --pyargs harness.rescue_drills --sercon-image $$image -v -p no:cacheprovider $(PYTEST_ARGS) \
+	    || exit 1; \
+	done
+
 test-windows: images
 	$(PY) -m pytest tests/windows -v -p no:cacheprovider $(PYTEST_ARGS)
 
 test: images
 	$(PY) -m pytest tests -v -p no:cacheprovider --ignore=tests/bench $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-drills
 
 lint: setup
 	$(VENV)/bin/ruff check emulator harness tests

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import snapshots
+from . import firmware, snapshots
 from .errors import ActionFailed, InvalidSysRqKey, SerconError
 from .qemu_args import SERIAL_ID, find_qemu
 from .state import State
@@ -80,6 +80,8 @@ class Actions:
             if overlay.exists() and self.spec.disk:
                 # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
                 shutil.copyfile(overlay, tmp / "disk.qcow2")
+            if self.spec.firmware_vars:  # the UEFI variables go with the state, as the disk does
+                shutil.copyfile(self.folder / firmware.VARS_COPY, tmp / firmware.VARS_COPY)
             if shared_ram:  # the guest is still stopped: its RAM cannot change under the copy
                 await asyncio.get_running_loop().run_in_executor(
                     None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)

@@ -30,7 +30,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from . import accel as accel_mod
-from . import snapshots
+from . import firmware, snapshots
 from .actions import SYSRQ_MAX_KEYS, Actions
 from .consoles import CLIENT_BACKLOG_LIMIT, REPLAY_MAX, TAKEOVER_NOTICE, ClientMode, ConsoleClient, ConsoleClients
 from .errors import ActionFailed, GuestNotRunning, SerconError, SnapshotError
@@ -149,11 +149,16 @@ class ConsoleOwner(ConsoleClients, Actions):
         overlay = None
         if self.spec.disk and self.spec.disk_snapshot and backing is not None:
             overlay = await self._make_overlay(*backing)
+        vars_file = None
+        if self.spec.firmware_vars:  # UEFI: this power-on's own copy of the variable store
+            saved_vars = snap.folder / firmware.VARS_COPY if snapshot is not None else None
+            vars_file = firmware.vars_copy(self.spec.firmware_vars, self.folder, saved_vars)
         serial_ours, serial_qemu = socket.socketpair()
         qmp_ours, qmp_qemu = socket.socketpair()
         args = qemu_args(
             self.spec, accel=self.accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
             name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None, ram_file=self._ram_file,
+            firmware_vars=str(vars_file) if vars_file else None,
         )
         pass_fds = [serial_qemu.fileno(), qmp_qemu.fileno()]
         incoming = f"fd:{state_file.fileno()}" if state_file is not None else ""

@@ -54,6 +54,7 @@ def qemu_args(
     qemu: str = QEMU_BINARY,
     disk_overlay: str | None = None,
     ram_file: str | None = None,
+    firmware_vars: str | None = None,
 ) -> list[str]:
     """Command line for one power-on of `spec` with the chosen accelerator ("tcg" or "kvm").
 
@@ -61,13 +62,19 @@ def qemu_args(
     snapshot can copy the RAM as it is instead of streaming it), or, with `ram_file`, a snapshot's
     RAM file mapped private: pages are read from the file on first touch and copied only when the
     guest writes them, so guests restored from one snapshot share the pages they leave alone.
+
+    `firmware_vars` is this power-on's copy of the UEFI variable store (default: the spec's template,
+    read-only, for callers that make no copy).
     """
+    machine = spec.machine
+    if spec.secure_boot and "smm=" not in machine:
+        machine += ",smm=on"
     args = [
         qemu,
         "-name", f"guest={name}",
         "-nodefaults",
         "-no-user-config",
-        "-machine", f"{spec.machine},accel={accel},memory-backend={RAM_ID}",
+        "-machine", f"{machine},accel={accel},memory-backend={RAM_ID}",
         "-object", ram_backend(spec.memory_mb, ram_file),
         "-m", str(spec.memory_mb),
         "-smp", str(spec.cpus),
@@ -87,6 +94,8 @@ def qemu_args(
         args += ["-cpu", "host"]
     if spec.pvpanic:
         args += ["-device", "pvpanic"]
+    if spec.firmware:
+        args += firmware_args(spec, firmware_vars)
     if spec.kernel:
         args += ["-kernel", spec.kernel]
         if spec.initrd:
@@ -104,4 +113,18 @@ def qemu_args(
         if spec.disk_snapshot:
             args += ["-snapshot"]
     args += list(spec.extra_args)
+    return args
+
+
+def firmware_args(spec: GuestSpec, firmware_vars: str | None) -> list[str]:
+    """UEFI as two flash chips: CODE read-only, VARS the guest's own copy (SMM-protected under Secure Boot)."""
+    assert spec.firmware
+    args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware}"]
+    if firmware_vars:
+        args += ["-drive", f"if=pflash,format=raw,unit=1,file={firmware_vars}"]
+    elif spec.firmware_vars:
+        args += ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={spec.firmware_vars}"]
+    if spec.secure_boot:
+        # Only code running in SMM may write the variable store: what makes Secure Boot's keys stick.
+        args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]
     return args

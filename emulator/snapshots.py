@@ -23,6 +23,9 @@ spec's hardware (machine, memory, CPUs, devices, kernel/initrd/disk identity). A
 metadata does not match, whose state or RAM file is truncated or altered (BLAKE2 digests; the
 RAM file's is checked again whenever its size or time changes), or which QEMU refuses to load is
 reported in one line and never used.
+
+A UEFI guest's snapshot also keeps its copy of the firmware variables (`efivars.fd`, see
+emulator/firmware.py) next to `disk.qcow2`: the firmware's NVRAM is part of the machine's state.
 """
 
 from __future__ import annotations
@@ -101,6 +104,9 @@ def snapshot_key(spec: GuestSpec, accel: str, qemu: str) -> str:
         "extra_args": spec.extra_args,
         "layout": LAYOUT,
     }
+    if spec.firmware:  # added only for UEFI guests, so BIOS guests keep their snapshots' keys
+        hardware.update(firmware=_file_identity(spec.firmware), firmware_vars=_file_identity(spec.firmware_vars),
+                        secure_boot=spec.secure_boot)
     return hashlib.sha256(json.dumps(hardware, sort_keys=True).encode()).hexdigest()[:16]
 
 

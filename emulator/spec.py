@@ -34,6 +34,12 @@ class GuestSpec:
     memory_mb: int = 512
     cpus: int = 1
     machine: str = "pc"
+    #: UEFI: the firmware's CODE flash (read-only pflash 0), e.g. OVMF_CODE_4M.fd; None is SeaBIOS.
+    firmware: str | None = None
+    #: The VARS flash template (pflash 1); each power-on writes to its own copy, never to this file.
+    firmware_vars: str | None = None
+    #: Secure Boot firmware: the machine gets SMM and the flash is SMM-protected (q35 only).
+    secure_boot: bool = False
     accel: Accel = "auto"
     #: `-device pvpanic`: the guest reports panics as a QMP GUEST_PANICKED event.
     pvpanic: bool = True
@@ -53,6 +59,21 @@ class GuestSpec:
         for label, path in (("kernel", self.kernel), ("initrd", self.initrd), ("disk", self.disk)):
             if path and not Path(path).is_file():
                 raise SerconError(f"{label} file not found: {path}")
+        if self.firmware and not Path(self.firmware).is_file():
+            from .firmware import missing_firmware_message
+
+            raise SerconError(missing_firmware_message(self.firmware))
+        if self.firmware_vars and not Path(self.firmware_vars).is_file():
+            from .firmware import missing_firmware_message
+
+            raise SerconError(missing_firmware_message(self.firmware_vars))
+        if self.firmware_vars and not self.firmware:
+            raise SerconError("firmware_vars needs firmware (the UEFI CODE flash it belongs to)")
+        if self.secure_boot and not self.firmware:
+            raise SerconError("secure_boot needs UEFI firmware (firmware=.../OVMF_CODE_4M.secboot.fd)")
+        if self.secure_boot and not self.machine.split(",")[0].startswith(("q35", "pc-q35")):
+            raise SerconError(f"Secure Boot needs the q35 machine (SMM-protected flash), not {self.machine!r}: "
+                              "use machine=\"q35\"")
         if self.initrd and not self.kernel:
             raise SerconError("an initrd needs a kernel (--kernel)")
         if self.memory_mb < 64:

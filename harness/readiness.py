@@ -102,6 +102,8 @@ class Live:
     values: dict[str, str] = field(default_factory=dict)  # /proc/sys/kernel/*, TMOUT, ...
     kernel_config: str | None = None
     rescue: dict[str, str] = field(default_factory=dict)
+    #: UEFI boots: the GRUB configuration on the EFI system partition (see _read_efi_grub).
+    efi: dict[str, str] = field(default_factory=dict)
 
     @property
     def kernel_output(self) -> bool:
@@ -322,6 +324,40 @@ def _read_live(live: Live, shell: LinuxShell) -> None:
         "forced": shell.run("systemctl cat rescue.service emergency.service 2>/dev/null | grep -c "
                             "SYSTEMD_SULOGIN_FORCE").output.strip(),
     }
+    live.efi = _read_efi_grub(shell)
+
+
+ESP_TYPE = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+
+
+def _read_efi_grub(shell: LinuxShell) -> dict[str, str]:
+    """On a UEFI boot: the grub.cfg files on the EFI system partition (mounted read-only for the
+    look if it is not mounted) and the /boot/grub/grub.cfg they load, as `where` and `text`."""
+    if not shell.run("test -d /sys/firmware/efi").ok:
+        return {"uefi": "no"}
+    esp = shell.run(f"lsblk -nrpo NAME,PARTTYPE | awk 'tolower($2)==\"{ESP_TYPE}\"{{print $1; exit}}'").output.strip()
+    if not esp:
+        return {"uefi": "yes", "esp": ""}
+    mounted = shell.run(f"findmnt -nro TARGET --source {esp} | head -1").output.strip()
+    mount = mounted or "/run/sercon-esp"
+    if not mounted and not shell.run(f"mkdir -p {mount} && mount -o ro {esp} {mount}").ok:
+        return {"uefi": "yes", "esp": esp, "unreadable": "yes"}
+    try:
+        found = shell.run(f"find {mount}/EFI -maxdepth 2 -iname grub.cfg 2>/dev/null").output.split()
+        names = [f"ESP:{path.removeprefix(mount)}" for path in found]
+        text = shell.run(f"cat {' '.join(found)} 2>/dev/null").output if found else ""
+    finally:
+        if not mounted:
+            shell.run(f"umount {mount}")
+    loaded = re.search(r"^\s*(?:configfile|source)\s+\S*/boot/grub2?/grub\.cfg|^\s*set\s+prefix=\S*/boot/grub2?",
+                       text, re.M)
+    if loaded:  # the usual stub: the menu itself is in /boot/grub/grub.cfg on the root filesystem
+        boot_cfg = shell.run("for f in /boot/grub/grub.cfg /boot/grub2/grub.cfg; do [ -r $f ] && echo $f && "
+                             "break; done").output.strip()
+        if boot_cfg:
+            names.append(boot_cfg)
+            text += shell.run(f"cat {boot_cfg}").output
+    return {"uefi": "yes", "esp": esp, "where": " -> ".join(names), "text": text}
 
 
 # ------------------------------------------------------------------ checks
@@ -533,6 +569,39 @@ def check_grub(f: Facts) -> Check:
                      f"hidden){said}", GRUB_FIX)
     return Check("grub-serial", "fail", f"no GRUB menu on ttyS0 before the kernel started: a serial console user "
                  f"cannot pick an entry or edit the kernel line{said}", GRUB_FIX)
+
+
+GRUB_EFI_FIX = ('in /etc/default/grub set GRUB_TERMINAL="serial console" (or GRUB_TERMINAL_OUTPUT="serial" where the '
+                'firmware console is on COM1 too) and GRUB_SERIAL_COMMAND="serial --speed=115200", run update-grub, '
+                "and check that the ESP's EFI/<distribution>/grub.cfg loads /boot/grub/grub.cfg (grub-install does)")
+
+
+@check("grub-efi", "GRUB EFI sets up the serial terminal (grub.cfg on the ESP)")
+def check_grub_efi(f: Facts) -> Check:
+    """On a UEFI guest, GRUB's own configuration must put its terminal on serial. Seeing GRUB on
+    COM1 is not enough: firmware whose console is on COM1 (OVMF here) copies GRUB's screen-only
+    output there, while a cloud's firmware may not, and the menu is gone."""
+    live = f.live
+    if live is None or live.shell is None:
+        return Check("grub-efi", "skip", "needs a shell on the console (see getty/password-user)")
+    efi = live.efi
+    if efi.get("uefi") != "yes":
+        return Check("grub-efi", "skip", "not booted through UEFI (no /sys/firmware/efi)")
+    if not efi.get("esp"):
+        return Check("grub-efi", "warn", "booted through UEFI, but no EFI system partition is visible", GRUB_EFI_FIX)
+    if efi.get("unreadable"):
+        return Check("grub-efi", "skip", f"cannot mount the EFI system partition {efi['esp']} to read its grub.cfg")
+    if not efi.get("where"):
+        return Check("grub-efi", "fail", f"no grub.cfg on the EFI system partition {efi['esp']}", GRUB_EFI_FIX)
+    text = efi.get("text", "")
+    has_serial = re.search(r"^\s*serial\b", text, re.M)
+    output = re.search(r"^\s*terminal_output\b[^\n]*\bserial\b", text, re.M)
+    if has_serial and output:
+        return Check("grub-efi", "pass", f"GRUB EFI's serial terminal is set up in {efi['where']}")
+    missing = ", ".join(what for what, ok in (("no `serial` command", has_serial),
+                                              ("no `serial` in terminal_output", output)) if not ok)
+    return Check("grub-efi", "fail", f"GRUB EFI ({efi['where']}): {missing}; its menu reaches COM1 only where the "
+                 "firmware copies its console there", GRUB_EFI_FIX)
 
 
 def _sysctl_fix(line: str, f: Facts) -> str:

@@ -45,23 +45,25 @@ def inputs(recipe: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def grub_cfg(settings: dict[str, Any], release: str) -> str:
+def grub_cfg(settings: dict[str, Any], release: str, *, root: str = "hd0,msdos1", part_module: str = "part_msdos",
+             title: str = "debian-grub", serial_output: str = "serial console") -> str:
+    """The menu: normal and rescue-target entries. `serial_output` is GRUB's terminal_output when on serial."""
     serial = bool(settings.get("grub_serial", True))
     timeout = int(settings.get("grub_timeout", 3))
     cmdline = settings.get("cmdline", "root=/dev/vda1 rw console=tty0 console=ttyS0,115200n8")
-    lines = ["# sercon debian-grub: hand-written, equivalent to what update-grub makes from /etc/default/grub"]
+    lines = [f"# sercon {title}: hand-written, equivalent to what update-grub makes from /etc/default/grub"]
     if serial:
         lines += ["serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1",
-                  "terminal_input serial console", "terminal_output serial console"]
+                  "terminal_input serial console", f"terminal_output {serial_output}"]
     else:
         lines += ["terminal_input console", "terminal_output console"]
     lines += [f"set timeout={timeout}", "set timeout_style=menu", "set default=0", ""]
     for title, extra in (("Debian GNU/Linux", ""),
                          ("Debian GNU/Linux (rescue target)", " systemd.unit=rescue.target")):
         lines += [f"menuentry '{title}' {{",
-                  "\tinsmod part_msdos",
+                  f"\tinsmod {part_module}",
                   "\tinsmod ext2",
-                  "\tset root='hd0,msdos1'",
+                  f"\tset root='{root}'",
                   f"\techo 'Loading Linux {release} ...'",
                   f"\tlinux /boot/vmlinuz-{release} {cmdline}{extra}",
                   "\techo 'Loading initial ramdisk ...'",
@@ -70,7 +72,7 @@ def grub_cfg(settings: dict[str, Any], release: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def default_grub(settings: dict[str, Any]) -> str:
+def default_grub(settings: dict[str, Any], serial_output: str = "serial console") -> str:
     serial = bool(settings.get("grub_serial", True))
     cmdline = settings.get("cmdline", "root=/dev/vda1 rw console=tty0 console=ttyS0,115200n8")
     args = " ".join(w for w in cmdline.split() if not w.startswith(("root=", "rw", "ro")))
@@ -81,10 +83,36 @@ def default_grub(settings: dict[str, Any]) -> str:
             "GRUB_DISTRIBUTOR=Debian\n"
             f'GRUB_CMDLINE_LINUX="{args}"\n')
     if serial:
-        text += 'GRUB_TERMINAL="serial console"\nGRUB_SERIAL_COMMAND="serial --speed=115200"\n'
+        terminal = (f'GRUB_TERMINAL="{serial_output}"\n' if serial_output == "serial console" else
+                    f'GRUB_TERMINAL_INPUT="serial console"\nGRUB_TERMINAL_OUTPUT="{serial_output}"\n')
+        text += terminal + 'GRUB_SERIAL_COMMAND="serial --speed=115200"\n'
     else:
         text += "GRUB_TERMINAL=console\n"
     return text
+
+
+def boot_tree(recipe: dict[str, Any], settings: dict[str, Any], resolved: dict[str, Any], tarball: Path,
+              tmp: Path, log: Log, *, root_device: str = "/dev/vda1",
+              serial_output: str = "serial console") -> tuple[Path, str, dict[str, str]]:
+    """The configured root filesystem in `tmp/rootfs` with what a boot loader needs in /boot: Debian's
+    vmlinuz, the busybox initramfs as initrd.img, and /etc/default/grub. Returns (rootfs, release, login).
+
+    The boot loader itself (BIOS core image, or EFI binaries on an ESP) and grub.cfg are the caller's.
+    """
+    kernel_tree, release, busybox = debian_rootfs.kernel_parts(resolved, Path(recipe["downloads"]), tmp, log)
+    rootfs = tmp / "rootfs"
+    log("unpacking and configuring the root filesystem")
+    debian_rootfs.unpack_rootfs(tarball, rootfs)
+    login = debian_rootfs.configure_rootfs(rootfs, settings, settings.get("root_device", root_device))
+    boot = rootfs / "boot"
+    if not (boot / f"vmlinuz-{release}").is_file():
+        shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", boot / f"vmlinuz-{release}")
+    log("writing the initramfs")
+    debian_rootfs.write_initramfs(kernel_tree, release, busybox, settings.get("initramfs_modules", []),
+                                  boot / f"initrd.img-{release}")
+    (rootfs / "etc/default").mkdir(parents=True, exist_ok=True)
+    (rootfs / "etc/default/grub").write_text(default_grub(settings, serial_output))
+    return rootfs, release, login
 
 
 def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
@@ -95,22 +123,10 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
     tarball = debian_rootfs.rootfs_tarball(recipe, resolved, log)
     with tempfile.TemporaryDirectory(prefix="sercon-build-", dir=out.parent) as tmp_name:
         tmp = Path(tmp_name)
-        kernel_tree, release, busybox = debian_rootfs.kernel_parts(resolved, Path(recipe["downloads"]), tmp, log)
-        rootfs = tmp / "rootfs"
-        log("unpacking and configuring the root filesystem")
-        debian_rootfs.unpack_rootfs(tarball, rootfs)
-        login = debian_rootfs.configure_rootfs(rootfs, settings, settings.get("root_device", "/dev/vda1"))
-        boot = rootfs / "boot"
-        if not (boot / f"vmlinuz-{release}").is_file():
-            shutil.copyfile(kernel_tree / "boot" / f"vmlinuz-{release}", boot / f"vmlinuz-{release}")
-        log("writing the initramfs")
-        debian_rootfs.write_initramfs(kernel_tree, release, busybox, settings.get("initramfs_modules", []),
-                                      boot / f"initrd.img-{release}")
-        grub = boot / "grub"
+        rootfs, release, login = boot_tree(recipe, settings, resolved, tarball, tmp, log)
+        grub = rootfs / "boot" / "grub"
         shutil.copytree(GRUB_DIR, grub / "i386-pc")
         (grub / "grub.cfg").write_text(grub_cfg(settings, release))
-        (rootfs / "etc/default").mkdir(parents=True, exist_ok=True)
-        (rootfs / "etc/default/grub").write_text(default_grub(settings))
 
         disk = out / "disk.img"
         used = int(debian_rootfs.run(["du", "-sxm", str(rootfs)]).split()[0])
