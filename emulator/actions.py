@@ -87,7 +87,7 @@ class Actions:
                     None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)
             snap = snapshots.commit(tmp, name, key, {
                 "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
-                "guest": self.name, "extra": extra or {},
+                "guest": self.name, "extra": extra or {}, "qemu": snapshots.qemu_version(qemu),
             })
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

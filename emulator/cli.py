@@ -156,6 +156,9 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
+    if args.name == "rm":  # `sercon snapshot rm NAME`, as `sercon snapshots rm NAME`
+        args.names = [args.snapshot]
+        return cmd_snapshots_rm(args)
     meta = _machine(args.name).snapshot(args.snapshot)
     print(f"saved snapshot {args.snapshot} of {args.name} ({meta['size'] / 1e6:.0f} MB); "
           f"start guests from it with `sercon up --from-snapshot {args.snapshot}`")
@@ -168,15 +171,48 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_snapshots_rm(args: argparse.Namespace) -> int:
+    from .snapshots import remove
+
+    for name in args.names:
+        folders = remove(name)
+        print(f"removed snapshot {name} ({len(folders)} version{'s' if len(folders) != 1 else ''})")
+    return 0
+
+
+def cmd_snapshots_prune(args: argparse.Namespace) -> int:
+    from .qemu_args import find_qemu
+    from .snapshots import discard, size_on_disk, stale
+
+    try:
+        qemu: str | None = find_qemu()
+    except SerconError:
+        qemu = None
+    found = stale(qemu)
+    if not found:
+        print("no stale snapshots")
+    total = 0
+    for folder, why in found:
+        size = size_on_disk(folder)
+        total += size
+        print(f"{'would remove' if args.dry_run else 'removed'} {folder.name} ({size / 1e6:.0f} MB): {why}")
+        if not args.dry_run:
+            discard(folder)
+    if found:
+        print(f"{'would free' if args.dry_run else 'freed'} {total / 1e6:.0f} MB")
+    return 0
+
+
 def cmd_snapshots(args: argparse.Namespace) -> int:
-    from .snapshots import list_snapshots
+    from .snapshots import list_snapshots, size_on_disk
 
     found = list_snapshots()
     if not found:
         print("no snapshots; save one with `sercon snapshot GUEST NAME`")
     for meta in found:
         made = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
-        print(f"{meta['name']:<20} {meta.get('image') or '-':<18} {meta['size'] / 1e6:>6.0f} MB  {made}  "
+        size = size_on_disk(Path(meta["folder"]))
+        print(f"{meta['name']:<20} {meta.get('image') or '-':<18} {size / 1e6:>6.0f} MB  {made}  "
               f"from {meta.get('guest', '?')}  key {meta['key']}")
     return 0
 
@@ -424,7 +460,16 @@ def build_parser() -> argparse.ArgumentParser:
     restore.add_argument("snapshot", metavar="SNAPSHOT")
     restore.set_defaults(func=cmd_restore)
 
-    sub.add_parser("snapshots", help="list saved snapshots").set_defaults(func=cmd_snapshots)
+    snaps = sub.add_parser("snapshots", help="list saved snapshots; `snapshots rm NAME`, `snapshots prune`")
+    snaps.set_defaults(func=cmd_snapshots)
+    snap_sub = snaps.add_subparsers(dest="snapshots_command")
+    snap_rm = snap_sub.add_parser("rm", help="delete snapshots by name (every version of each)")
+    snap_rm.add_argument("names", nargs="+", metavar="NAME")
+    snap_rm.set_defaults(func=cmd_snapshots_rm)
+    prune = snap_sub.add_parser("prune", help="delete snapshots no guest will load again (rebuilt image, "
+                                "another QEMU, an older format, unfinished saves)")
+    prune.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    prune.set_defaults(func=cmd_snapshots_prune)
 
     shot = sub.add_parser("screenshot", help="save the guest's screen as PNG")
     shot.add_argument("name")

@@ -207,7 +207,7 @@ def prepare(name: str, key: str) -> Path:
 def commit(tmp: Path, name: str, key: str, meta: dict[str, Any]) -> Snapshot:
     state = tmp / "state.bin"
     meta = {**meta, "name": name, "key": key, "size": state.stat().st_size, "digest": digest(state),
-            "created": time.time(), "ram": "stream"}
+            "created": time.time(), "ram": "stream", "layout": LAYOUT}
     ram = tmp / RAM_FILE
     if ram.exists():
         meta.update(ram="file", ram_size=ram.stat().st_size, ram_digest=digest(ram))
@@ -236,3 +236,49 @@ def list_snapshots() -> list[dict[str, Any]]:
         except ValueError:
             continue
     return found
+
+
+def remove(name: str) -> list[Path]:
+    """Delete every snapshot named `name` (all its keys); SnapshotError if there is none."""
+    root = paths.cache() / "snapshots"
+    found = [p for p in root.glob(f"{check_name(name)}-*") if (p / "meta.json").exists()] if root.exists() else []
+    found = [p for p in found if json.loads((p / "meta.json").read_text()).get("name") == name]
+    if not found:
+        raise SnapshotError(f"no snapshot named {name!r}; `sercon snapshots` lists them")
+    for folder in found:
+        discard(folder)
+    return found
+
+
+def stale(qemu: str | None = None) -> list[tuple[Path, str]]:
+    """Snapshots no guest will load again, with the reason: an older format or QEMU, superseded by
+    a newer one of the same name and image (the image was rebuilt), or a save that never finished."""
+    root = paths.cache() / "snapshots"
+    if not root.exists():
+        return []
+    found: list[tuple[Path, str]] = [(p, "an unfinished save or removal") for p in root.glob(".*")
+                                     if p.is_dir() and (p.name.endswith(".saving") or p.name.endswith(".old"))]
+    current_qemu = qemu_version(qemu) if qemu else None
+    newest: dict[tuple[str, str], tuple[float, Path]] = {}
+    metas = []
+    for meta in list_snapshots():
+        folder = Path(meta["folder"])
+        layout = meta.get("layout") or (2 if "ram" in meta else 1)
+        if layout != LAYOUT:
+            found.append((folder, f"snapshot format {layout}, this sercon loads {LAYOUT}"))
+            continue
+        if current_qemu and meta.get("qemu") and meta["qemu"] != current_qemu:
+            found.append((folder, f"made by another QEMU ({meta['qemu'].split(' (')[0]})"))
+            continue
+        metas.append((meta, folder))
+        slot = (meta["name"], str(meta.get("image")))
+        if slot not in newest or meta.get("created", 0) > newest[slot][0]:
+            newest[slot] = (meta.get("created", 0), folder)
+    for meta, folder in metas:
+        if newest[(meta["name"], str(meta.get("image")))][1] != folder:
+            found.append((folder, f"superseded by a newer {meta['name']!r} of image {meta.get('image')}"))
+    return found
+
+
+def size_on_disk(folder: Path) -> int:
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file())

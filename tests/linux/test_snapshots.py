@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,7 @@ from emulator.errors import SnapshotError
 from emulator.snapshots import folder_for
 from harness.console import Console
 from harness.linux import GuestPanicked, LinuxShell
+from harness.pytest_plugin import login
 
 pytestmark = pytest.mark.guest
 
@@ -142,3 +145,34 @@ def test_snapshot_of_a_running_guest_and_cli_start(guest: Machine, shell: LinuxS
         twin_shell.console.close()
     finally:
         twin.stop()
+
+
+def test_snapshots_prune_and_rm(make_guest: Callable[..., Machine], tmp_path: Path,
+                                monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Real snapshots in a cache of the test's own: a rebuilt image leaves the older snapshot of the
+    same name behind (another key), which prune removes with the leftovers of an unfinished save;
+    rm removes every version of a name; an unknown name is one line."""
+    from emulator import paths
+    from emulator.cli import main as cli
+
+    accel = paths.cache() / "accel.json"
+    monkeypatch.setenv("SERCON_CACHE", str(tmp_path))
+    if accel.exists():
+        shutil.copy(accel, tmp_path / "accel.json")
+    for append in ("sercon.prune=old", "sercon.prune=new"):  # another command line: another key
+        machine = make_guest(append_extra=append)
+        shell = login(machine)
+        machine.snapshot("prune-test", nonce=shell.nonce)
+        shell.console.close()
+        machine.stop()
+    (tmp_path / "snapshots" / ".prune-test-0.123.saving").mkdir()
+    old, new = sorted((tmp_path / "snapshots").glob("prune-test-*"),
+                      key=lambda p: json.loads((p / "meta.json").read_text())["created"])
+    assert cli(["snapshots", "prune"]) == 0
+    said = capsys.readouterr().out
+    assert f"removed {old.name}" in said and "superseded" in said and "unfinished save" in said
+    assert not old.exists() and new.exists() and not (tmp_path / "snapshots" / ".prune-test-0.123.saving").exists()
+    assert cli(["snapshot", "rm", "prune-test"]) == 0
+    assert not new.exists()
+    assert cli(["snapshots", "rm", "prune-test"]) == 2
+    assert "no snapshot named 'prune-test'" in capsys.readouterr().err
