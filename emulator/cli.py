@@ -89,19 +89,35 @@ def _abs(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
 
 
+def print_table(columns: list[str], rows: list[list[Any]]) -> None:
+    """A table on stdout (rich): aligned on a terminal, and whole lines when piped (no wrapping)."""
+    from rich import box
+    from rich.console import Console as RichConsole
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=True, justify="right" if column in ("BOOT", "SIZE", "RFC2217") else "left")
+    for row in rows:
+        table.add_row(*("-" if cell is None or cell == "" else str(cell) for cell in row))
+    console = RichConsole(width=None if sys.stdout.isatty() else 1000, highlight=False)
+    console.print(table)
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
     names = Machine.running()
     if not names:
         print(f"no running guests under {paths.guests_dir()}")
         return 0
-    print(f"{'NAME':<24} {'STATE':<9} {'BOOT':>4} {'ACCEL':<5} {'IMAGE':<18} {'RFC2217':>7}  INTERACTIVE")
+    rows = []
     for name in names:
         try:
             info = Machine(name=name).info()
         except SerconError:
             continue
-        print(f"{name:<24} {info['state']:<9} {info['boot']:>4} {info['accel']:<5} {info.get('image') or '-':<18} "
-              f"{info.get('rfc2217_port') or '-':>7}  {info.get('interactive') or '-'}")
+        rows.append([name, info["state"], info["boot"], info["accel"], info.get("image"),
+                     info.get("rfc2217_port"), info.get("interactive")])
+    print_table(["NAME", "STATE", "BOOT", "ACCEL", "IMAGE", "RFC2217", "INTERACTIVE"], rows)
     return 0
 
 
@@ -209,11 +225,11 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     found = list_snapshots()
     if not found:
         print("no snapshots; save one with `sercon snapshot GUEST NAME`")
-    for meta in found:
-        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0)))
-        size = size_on_disk(Path(meta["folder"]))
-        print(f"{meta['name']:<20} {meta.get('image') or '-':<18} {size / 1e6:>6.0f} MB  {made}  "
-              f"from {meta.get('guest', '?')}  key {meta['key']}")
+    rows = [[meta["name"], meta.get("image"), f"{size_on_disk(Path(meta['folder'])) / 1e6:.0f} MB",
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0))), meta.get("guest"), meta["key"]]
+            for meta in found]
+    if rows:
+        print_table(["NAME", "IMAGE", "SIZE", "MADE", "FROM GUEST", "KEY"], rows)
     return 0
 
 
