@@ -584,7 +584,16 @@ def check_grub_efi(f: Facts) -> Check:
     live = f.live
     if live is None or live.shell is None:
         return Check("grub-efi", "skip", "needs a shell on the console (see getty/password-user)")
-    efi = live.efi
+    return judge_efi_grub(live.efi)
+
+
+def grub_efi_check(shell: LinuxShell) -> Check:
+    """The grub-efi check on a guest already at a shell (read the ESP now, then judge)."""
+    return judge_efi_grub(_read_efi_grub(shell))
+
+
+def judge_efi_grub(efi: dict[str, str]) -> Check:
+    """The grub-efi verdict from what _read_efi_grub read."""
     if efi.get("uefi") != "yes":
         return Check("grub-efi", "skip", "not booted through UEFI (no /sys/firmware/efi)")
     if not efi.get("esp"):
