@@ -16,12 +16,12 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml emulator/web/package-lock.json
+$(STAMP): pyproject.toml emulator/gateway/package-lock.json
 	@$(MAKE) --no-print-directory system-packages
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,lint]'
-	cd emulator/web && npm ci --no-audit --no-fund --loglevel=error
+	cd emulator/gateway && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
 
 system-packages:

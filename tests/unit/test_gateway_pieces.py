@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from emulator.errors import ConsoleBusy, ControlError, SerconError
+from emulator.gateway.audit import AuditLog
+from emulator.gateway.auth import RateLimiter
+from emulator.gateway.fleet import Vm
+from emulator.gateway.fleet_host import ConsoleConnection
 from emulator.protocol import FrameDecoder, decode_reply, encode_data, encode_event, make_hello, parse_hello
 from emulator.ssh_escape import Help, Quit, Send, SshEscapeParser, SysRq
 from emulator.trust import scrub_label
-from emulator.web.audit import AuditLog
-from emulator.web.auth import RateLimiter
-from emulator.web.fleet import Vm
-from emulator.web.guests import ConsoleConnection
 
 TAKEOVER_TEXT = (b"\r\n[sercon] The serial console connection was closed: mallory took over the console. "
                  b"Your session in the guest continues. To reconnect, press Enter.\r\n")
