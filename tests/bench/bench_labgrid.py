@@ -46,7 +46,7 @@ def labgrid_python() -> Path:
 
 def bench_labgrid(spec: GuestSpec, samples: int = 100) -> dict[str, Any]:
     python = labgrid_python()
-    machine = Machine(spec, name="bench-labgrid").start()
+    machine = Machine(spec, name="bench-labgrid", rfc2217=True).start()  # labgrid reaches it over RFC 2217
     try:
         port = machine.info()["rfc2217_port"]
         with tempfile.TemporaryDirectory() as tmp:
