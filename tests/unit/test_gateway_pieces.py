@@ -204,6 +204,6 @@ def test_bridge_keepalives_are_not_input_and_sessions_expire() -> None:
     and a session that expires ends its console."""
     from emulator.gateway.bridge import End, Keepalive, ToGuest
 
-    assert asyncio.run(_bridge(0.5, [[Keepalive()]] * 30)) == "idle"
+    assert asyncio.run(_bridge(0.5, [[Keepalive()]] * 30 + [[End("quit")]])) == "idle"
     assert asyncio.run(_bridge(5, [[ToGuest(b"x")]] * 12 + [[End("quit")]])) == "quit"
     assert asyncio.run(_bridge(60, [[ToGuest(b"x")]] * 100, expires_in=0.3)) == "expired"
