@@ -21,7 +21,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml emulator/web/package-lock.json
+$(STAMP): pyproject.toml emulator/gateway/package-lock.json
 	@$(MAKE) --no-print-directory system-packages
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml emulator/web/package-lock.json
 	# among them) ~40 ms at start-up; setuptools calls the mode transitional, hence the fallback.
 	$(PY) -m pip install -q -e '.[test,lint,bench]' --config-settings editable_mode=compat 2>/dev/null || \
 	  $(PY) -m pip install -q -e '.[test,lint,bench]'
-	cd emulator/web && npm ci --no-audit --no-fund --loglevel=error
+	cd emulator/gateway && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
 
 system-packages:

@@ -37,8 +37,6 @@ class Actions:
         accel: str
         serial_log: SerialLog
         _reset_reason: str | None
-        _reset_seen: asyncio.Event
-        _shutdown_seen: asyncio.Event
 
         def record(self, event: str, **fields: Any) -> dict[str, Any]: ...
         def _set_state(self, state: State) -> None: ...
@@ -142,19 +140,29 @@ class Actions:
         """Hard reset (QMP system_reset): the console stays connected and shows the new boot."""
         self._require_running()
         self._reset_reason = "reset (hard, from sercon)"
-        was_off = self.state == "off"
-        self._reset_seen.clear()
         self.record("reset")
-        await self._qmp("system_reset")
-        if was_off:
-            await self._resume_after_reset()
+        if self.state == "off":
+            await self._reset_and_resume()
+        else:
+            await self._qmp("system_reset")
 
-    async def _resume_after_reset(self) -> None:
+    async def _until_event(self, event: str, command: str, timeout: float) -> bool:
+        """Run QMP `command` and wait for QEMU `event` after it; False if it did not come in time.
+
+        A qemu.qmp listener registered before the command runs, so the event cannot slip past."""
+        qmp = self._require_running()
+        with qmp.listener(event) as listener:
+            await self._qmp(command)
+            try:
+                await asyncio.wait_for(listener.get(), timeout=timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _reset_and_resume(self) -> None:
         # After a guest poweroff (-no-shutdown) QEMU refuses `cont` until a reset has happened.
-        try:
-            await asyncio.wait_for(self._reset_seen.wait(), timeout=10)
-        except TimeoutError as exc:
-            raise ActionFailed("no RESET event after system_reset") from exc
+        if not await self._until_event("RESET", "system_reset", timeout=10):
+            raise ActionFailed("no RESET event after system_reset")
         await self._qmp("cont")
         self._set_state(State.RUNNING)
 
@@ -168,20 +176,14 @@ class Actions:
             return
         self._require_running()
         if self.state != "off":
-            self._shutdown_seen.clear()
             self.record("restart_requested", timeout=timeout)
-            await self._qmp("system_powerdown")
-            try:
-                await asyncio.wait_for(self._shutdown_seen.wait(), timeout=timeout)
-            except TimeoutError as exc:
+            if not await self._until_event("SHUTDOWN", "system_powerdown", timeout=timeout):
                 raise ActionFailed(
                     f"guest {self.name} did not power off within {timeout:.0f}s of the ACPI power button "
                     "(it needs the ACPI button driver and acpid or systemd-logind); use reset for a hard reset"
-                ) from exc
+                )
         self._reset_reason = "restart (graceful)"
-        self._reset_seen.clear()
-        await self._qmp("system_reset")
-        await self._resume_after_reset()
+        await self._reset_and_resume()
 
     async def power_cycle(self, reason: str = "power cycle") -> None:
         """End the QEMU process and start a new one; clients and the log carry on."""

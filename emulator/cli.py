@@ -542,8 +542,8 @@ def _delegate(module: str, function: str) -> Any:
 
 DELEGATED = {
     "check": ("harness.readiness", "check_main"),
-    "serve": ("emulator.web.serve", "serve_main"),
-    "user": ("emulator.web.serve", "user_main"),
+    "serve": ("emulator.gateway.serve", "serve_main"),
+    "user": ("emulator.gateway.serve", "user_main"),
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConsoleBusy, ControlError, SerconError, UnknownGuest
-from .protocol import MODES, Hello, decode_reply, error_reply, make_hello, parse_hello
+from .protocol import MODES, Hello, decode_reply, error_reply, make_hello, parse_hello, send_line
 from .trust import peer_uid, refusal, trusted_uid
 
 if TYPE_CHECKING:
@@ -47,17 +47,17 @@ class ConsoleServer:
         uid = peer_uid(writer.get_extra_info("socket"))
         if not trusted_uid(uid):
             self.owner.record("console_refused", uid=uid, reason="peer uid")
-            await _reply(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
+            await send_line(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
             writer.close()
             return
         try:
             hello = parse_hello(await asyncio.wait_for(reader.readline(), timeout=10))
         except ControlError as exc:
-            await _reply(writer, error_reply(exc))
+            await send_line(writer, error_reply(exc))
             writer.close()
             return
         except (TimeoutError, ValueError, ConnectionError) as exc:
-            await _reply(writer, error_reply(ControlError(f"bad handshake: {exc or 'no hello line within 10 s'}")))
+            await send_line(writer, error_reply(ControlError(f"bad handshake: {exc or 'no hello line within 10 s'}")))
             writer.close()
             return
         await serve_console_client(self.owner, reader, writer, hello)
@@ -75,7 +75,7 @@ async def serve_console_client(
                 {"ok": True, "offset": offset, "replay_from": replay, "state": owner.state}).encode() + b"\n",
         )
     except SerconError as exc:
-        await _reply(writer, error_reply(exc))
+        await send_line(writer, error_reply(exc))
         writer.close()
         return
     try:
@@ -91,14 +91,6 @@ async def serve_console_client(
         pass
     finally:
         owner.detach(client)
-
-
-async def _reply(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json.dumps(message).encode() + b"\n")
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass
 
 
 def open_console(

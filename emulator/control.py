@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import ControlError, GuestNotRunning, SerconError, UnknownGuest
 from .operations import ACTOR, lookup
-from .protocol import decode_reply
+from .protocol import decode_reply, send_line
 from .serial_log import EventLog, read_log
 from .trust import peer_uid, refusal, scrub_label, trusted_uid
 
@@ -31,14 +31,6 @@ if TYPE_CHECKING:
     from .owner import ConsoleOwner
 
 MAX_LINE = 1024 * 1024
-
-async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
-    writer.write(json.dumps(message).encode() + b"\n")
-    try:
-        await writer.drain()
-    except ConnectionError:
-        pass
-
 
 class ControlServer:
     def __init__(self, owner: ConsoleOwner, path: Path) -> None:
@@ -59,7 +51,7 @@ class ControlServer:
         uid = peer_uid(writer.get_extra_info("socket"))
         if not trusted_uid(uid):
             self.owner.record("control_refused", uid=uid)
-            await _send(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
+            await send_line(writer, {"ok": False, "error": {"type": "ControlError", "message": refusal(uid)}})
             writer.close()
             return
         pending: asyncio.Task[bytes] | None = None
@@ -94,7 +86,7 @@ class ControlServer:
                     reply = {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
                 except (ValueError, TypeError, KeyError) as exc:
                     reply = {"ok": False, "error": {"type": "ControlError", "message": f"bad request: {exc}"}}
-                await _send(writer, reply)
+                await send_line(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
         finally:

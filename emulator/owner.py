@@ -106,8 +106,6 @@ class ConsoleOwner(ConsoleClients, Actions):
         self._reset_reason: str | None = None
         self._panic_tail = b""
         self._panicked_boot = -1
-        self._shutdown_seen = asyncio.Event()
-        self._reset_seen = asyncio.Event()
         self.exit_status: int | None = None
         self.stopped = asyncio.Event()
         #: Metadata of the snapshot the current QEMU was loaded from, if any.
@@ -318,7 +316,6 @@ class ConsoleOwner(ConsoleClients, Actions):
     def _on_qmp_event(self, name: str, data: dict[str, Any]) -> None:
         if name == "RESET":
             now = time.monotonic()
-            self._reset_seen.set()
             if now - self._last_reset < RESET_DEBOUNCE_S:
                 return
             self._last_reset = now
@@ -328,7 +325,6 @@ class ConsoleOwner(ConsoleClients, Actions):
             self.record("boot", reason=reason, qemu_reason=data.get("reason"))
             self._notice_all(f"{reason}: boot {self.boot}")
         elif name == "SHUTDOWN":
-            self._shutdown_seen.set()
             if data.get("guest"):
                 self._set_state(State.OFF)
                 self.record("guest_poweroff", qemu_reason=data.get("reason"))

@@ -16,6 +16,7 @@ event, `{"type": "closed", "reason": "takeover"|"stopped"|"dropped", "by": LABEL
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 from dataclasses import dataclass
@@ -126,6 +127,15 @@ def parse_hello(line: bytes) -> Hello:
     return Hello(mode=raw["mode"], client=str(raw.get("client", "anonymous"))[:200], from_offset=whole("from_offset"),
                  notices=bool(raw.get("notices", False)), events=bool(raw.get("events", False)),
                  replay_max=replay_max)
+
+
+async def send_line(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    """One JSON line to a peer that may already be gone (the owner's replies and refusals)."""
+    writer.write(json.dumps(message).encode() + b"\n")
+    try:
+        await writer.drain()
+    except ConnectionError:
+        pass
 
 
 def error_reply(exc: SerconError) -> dict[str, Any]:

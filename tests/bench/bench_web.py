@@ -43,8 +43,8 @@ from record import Row  # noqa: E402
 
 from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
+from emulator.gateway.auth import hash_password  # noqa: E402
 from emulator.qemu_args import find_qemu, qemu_args  # noqa: E402
-from emulator.web.auth import hash_password  # noqa: E402
 
 BURST_BYTES = int(os.environ.get("SERCON_BENCH_BURST", "400000"))
 ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "40"))
@@ -276,7 +276,7 @@ def start_bench(home: Path | None = None) -> WebBench:
         f'[users.bench]\npassword = "{hash_password(PASSWORD)}"\n'
     )
     env = dict(os.environ, SERCON_HOME=str(home / "state"), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "emulator.web.serve", str(fleet), "--port", "0",
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "emulator.gateway.serve", str(fleet), "--port", "0",
                              "--ssh-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     assert proc.stdout is not None
     info: dict[str, Any] | None = None

@@ -17,10 +17,10 @@ from serial import rfc2217
 
 from emulator.errors import SerconError
 from emulator.escape import ESCAPE, Command, Data, EscapeParser, Unknown
+from emulator.gateway.fleet import FleetError, load_fleet
 from emulator.protocol import FrameDecoder, encode_data, encode_event, parse_hello
 from emulator.rfc2217 import _PortAdapter
 from emulator.ssh_escape import Help, Quit, Send, SshEscapeParser, SysRq
-from emulator.web.fleet import FleetError, load_fleet
 from harness import sac
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emulator.errors import ConsoleBusy, ControlError, SerconError
+from emulator.gateway.audit import AuditLog
+from emulator.gateway.auth import RateLimiter
+from emulator.gateway.fleet import Vm
+from emulator.gateway.fleet_host import ConsoleConnection
 from emulator.protocol import FrameDecoder, decode_reply, encode_data, encode_event, make_hello, parse_hello
 from emulator.ssh_escape import Help, Quit, Send, SshEscapeParser, SysRq
 from emulator.trust import scrub_label
-from emulator.web.audit import AuditLog
-from emulator.web.auth import RateLimiter
-from emulator.web.fleet import Vm
-from emulator.web.guests import ConsoleConnection
 
 TAKEOVER_TEXT = (b"\r\n[sercon] The serial console connection was closed: mallory took over the console. "
                  b"Your session in the guest continues. To reconnect, press Enter.\r\n")
@@ -139,3 +142,68 @@ def test_limiter_counts_attempts_before_they_finish() -> None:
     assert limiter.begin("2.2.2.2", "u") is None  # other addresses are not locked out
     limiter.succeeded("1.1.1.1", "u")
     assert limiter.begin("1.1.1.1", "u") is None
+
+
+class _Inputs:
+    """An input source fed by the test: a queue of item lists."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[list[Any]] = asyncio.Queue()
+        self._pending: asyncio.Future[list[Any]] | None = None
+
+    def future(self) -> asyncio.Future[list[Any]]:
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self.queue.get())
+        return self._pending
+
+    def take(self) -> list[Any]:
+        assert self._pending is not None
+        result, self._pending = self._pending.result(), None
+        return result
+
+
+class _Host:
+    def __init__(self, idle: float) -> None:
+        self.fleet = type("F", (), {"idle_timeout": idle})()
+
+
+async def _bridge(idle: float, feed: list[list[Any]], expires_in: float | None = None,
+                  gap: float = 0.05) -> str:
+    from emulator.gateway.bridge import run_bridge
+
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    conn = _conn(b"")
+    conn.reader, conn.writer = reader, writer  # an owner that never says anything
+    inputs = _Inputs()
+
+    async def typing() -> None:
+        for items in feed:
+            await asyncio.sleep(gap)
+            inputs.queue.put_nowait(items)
+
+    task = asyncio.create_task(typing())
+
+    async def show(data: bytes) -> None:
+        pass
+
+    expires_at = None if expires_in is None else time.time() + expires_in
+    try:
+        reason, _ = await asyncio.wait_for(
+            run_bridge(_Host(idle), conn, inputs, show=show, tell=show, source="s", via="t",  # type: ignore[arg-type]
+                       expires_at=expires_at), 20)
+    finally:
+        task.cancel()
+        writer.close()
+        theirs.close()
+    return reason
+
+
+def test_bridge_keepalives_are_not_input_and_sessions_expire() -> None:
+    """The shared bridge (web and SSH): keepalives do not hold off the idle timeout, keystrokes do,
+    and a session that expires ends its console."""
+    from emulator.gateway.bridge import End, Keepalive, ToGuest
+
+    assert asyncio.run(_bridge(0.5, [[Keepalive()]] * 30 + [[End("quit")]])) == "idle"
+    assert asyncio.run(_bridge(5, [[ToGuest(b"x")]] * 12 + [[End("quit")]])) == "quit"
+    assert asyncio.run(_bridge(60, [[ToGuest(b"x")]] * 100, expires_in=0.3)) == "expired"

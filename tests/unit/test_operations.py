@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from emulator.cli import build_parser
 from emulator.control import ControlServer
 from emulator.errors import ControlError
+from emulator.gateway.fleet import PERMISSIONS
+from emulator.gateway.fleet_host import ACTIONS
 from emulator.machine import Machine
 from emulator.operations import OPERATIONS, gateway_operations, lookup
-from emulator.web.fleet import PERMISSIONS
-from emulator.web.guests import ACTIONS
 
 #: Machine's spelling where it differs from the operation's name.
 MACHINE_METHOD = {"log": "read_log_remote", "snapshot": "snapshot", "restore": "restore"}
@@ -46,7 +46,7 @@ def test_gateway_offers_exactly_the_operations_with_a_permission() -> None:
     assert not {"qmp", "screenshot", "snapshot", "restore", "stop"} & set(ACTIONS)
     from aiohttp.test_utils import make_mocked_request
 
-    from emulator.web.web import make_app
+    from emulator.gateway.web import make_app
 
     app = make_app(host=_FakeHost())  # type: ignore[arg-type]
 

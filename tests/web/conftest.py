@@ -35,7 +35,7 @@ def start_serve(home: Path, fleet: Path = FLEET,
     out = home / "serve.out"
     home.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "emulator.web.serve", str(fleet), "--port", "0", "--ssh-port", "0",
+        [sys.executable, "-u", "-m", "emulator.gateway.serve", str(fleet), "--port", "0", "--ssh-port", "0",
          *(extra or [])],
         stdout=subprocess.PIPE, stderr=out.open("wb"), env=env, cwd=str(ROOT),
     )

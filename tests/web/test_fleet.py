@@ -14,9 +14,9 @@ import aiohttp
 import asyncssh
 import pytest
 
-from emulator.web.auth import hash_password, verify_password
-from emulator.web.fleet import FleetError, load_fleet
-from emulator.web.serve import user_add_main
+from emulator.gateway.auth import hash_password, verify_password
+from emulator.gateway.fleet import FleetError, load_fleet
+from emulator.gateway.serve import user_add_main
 
 from .client import Client, Served, WsReader
 from .conftest import start_serve, stop_serve
@@ -184,7 +184,7 @@ def test_demo_passwords_are_refused_beyond_loopback(tmp_path: Path) -> None:
 
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "SERCON_HOME": str(tmp_path), "PYTHONPATH": str(root)}
-    proc = subprocess.run([sys.executable, "-m", "emulator.web.serve", str(root / "examples" / "fleet.toml"),
+    proc = subprocess.run([sys.executable, "-m", "emulator.gateway.serve", str(root / "examples" / "fleet.toml"),
                            "--host", "0.0.0.0", "--port", "0", "--ssh-port", "0"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1

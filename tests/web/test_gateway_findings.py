@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from emulator.web.guests import CONSOLES_PER_USER
+from emulator.gateway.fleet_host import CONSOLES_PER_USER
 
 from .client import Client, Served, WsReader
 from .test_ssh import Reader, connect
@@ -215,3 +217,66 @@ def test_ssh_modern_algorithms_still_connect(served: Served) -> None:
     )
     # BatchMode: no password prompt, so authentication fails, after the key exchange succeeded.
     assert "Permission denied" in proc.stderr, proc.stderr
+
+
+NOBODY_PROBE = r"""
+import json, socket, ssl, sys, urllib.request, urllib.error
+port, ssh_port, folders = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:]
+out = {}
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE  # a negative test: whatever the certificate, nothing is served
+for path in ("/api/vms", "/api/vms/web1/serial-log?start=0", "/api/vms/web1/screenshot"):
+    try:
+        urllib.request.urlopen("https://127.0.0.1:%d%s" % (port, path), context=ctx, timeout=20)
+        out[path] = "200"
+    except urllib.error.HTTPError as exc:
+        out[path] = str(exc.code)
+with socket.create_connection(("127.0.0.1", ssh_port), timeout=20) as s:
+    out["ssh_banner"] = s.recv(100).decode(errors="replace").strip()
+for folder in folders:
+    for name in ("serial.log", "spec.json", "owner.json"):
+        try:
+            open(folder + "/" + name, "rb").read()
+            out[folder + "/" + name] = "read"
+        except OSError as exc:
+            out[folder + "/" + name] = type(exc).__name__
+    for name in ("console.sock", "control.sock"):
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(folder + "/" + name)
+            out[folder + "/" + name] = "connected"
+        except OSError as exc:
+            out[folder + "/" + name] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def test_another_local_user_gets_nothing_without_credentials(served: Served) -> None:
+    """As `nobody`: the gateway answers 401 without a login, the guests' files and sockets are closed,
+    and no guest owner listens on any TCP port (the fleet asked for no RFC 2217 port).
+
+    Before: every fleet guest had an RFC 2217 port in a world-readable owner.json, which gave this
+    account a root shell with no login and no audit record."""
+    import pwd
+
+    if os.getuid() != 0:
+        pytest.skip("switching to the nobody account needs root")
+    nobody = pwd.getpwnam("nobody")
+    folders = [str(served.guest_folder(vm)) for vm in served.info["vms"]]
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups", "--",
+         "/usr/bin/python3", "-c", NOBODY_PROBE, str(served.info["port"]), str(served.info["ssh_port"]), *folders],
+        capture_output=True, text=True, timeout=120, cwd="/",
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert all(seen[p] == "401" for p in ("/api/vms", "/api/vms/web1/serial-log?start=0",
+                                          "/api/vms/web1/screenshot")), seen
+    assert seen["ssh_banner"].startswith("SSH-2.0"), seen  # it may knock; it still needs a login
+    for folder in folders:
+        for name in ("serial.log", "spec.json", "owner.json", "console.sock", "control.sock"):
+            assert seen[f"{folder}/{name}"] == "PermissionError", (name, seen)
+    for folder in folders:
+        owner = json.loads((Path(folder) / "owner.json").read_text())
+        assert owner["rfc2217_port"] is None, owner

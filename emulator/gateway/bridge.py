@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..errors import SerconError
-from .guests import ConsoleConnection, FleetHost
+from .fleet_host import ConsoleConnection, FleetHost
 
 #: How long input typed just before a SysRq gets to reach the guest before the BREAK is sent.
 SYSRQ_SETTLE_S = 0.3

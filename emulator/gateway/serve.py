@@ -30,7 +30,7 @@ from ..errors import SerconError
 from .audit import AuditLog
 from .auth import hash_password, verify_password
 from .fleet import Fleet, load_fleet, set_user
-from .guests import FleetHost
+from .fleet_host import FleetHost
 from .tls import ensure_certificate, fingerprint, server_context
 from .web import make_app
 
@@ -197,5 +197,5 @@ def user_main(argv: list[str] | None = None) -> int:
     return user_add_main(args[1:])
 
 
-if __name__ == "__main__":  # python -m emulator.web.serve FLEET
+if __name__ == "__main__":  # python -m emulator.gateway.serve FLEET
     sys.exit(serve_main())

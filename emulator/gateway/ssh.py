@@ -21,7 +21,7 @@ import asyncssh
 from ..errors import SerconError
 from ..ssh_escape import HELP, Help, Quit, Send, SshEscapeParser, SysRq
 from .bridge import End, Input, Keepalive, SysRqKey, ToGuest, ToUser, run_bridge
-from .guests import FleetHost
+from .fleet_host import FleetHost
 
 #: Key exchange, ciphers, MACs and signatures offered, chosen explicitly: nothing with SHA-1, no CBC.
 KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org", "ecdh-sha2-nistp256",

@@ -27,7 +27,7 @@ from aiohttp import WSMsgType, web
 from ..errors import SerconError
 from .auth import SESSION_LIFETIME, RateLimiter, Session, Sessions
 from .bridge import End, Input, Keepalive, ToGuest, run_bridge
-from .guests import ACTIONS, PASTE_CAP, AccessError, ConsoleConnection, FleetHost, status_of
+from .fleet_host import ACTIONS, PASTE_CAP, AccessError, ConsoleConnection, FleetHost, status_of
 
 STATIC = Path(__file__).resolve().parent / "static"
 NODE_MODULES = Path(__file__).resolve().parent / "node_modules"
@@ -389,7 +389,7 @@ class WebConsole:
             raise web.HTTPNotFound()
         if not path.is_file():
             return web.Response(status=503,
-                                text=f"// {path.name} is missing: run `make setup` (npm ci in emulator/web)",
+                                text=f"// {path.name} is missing: run `make setup` (npm ci in emulator/gateway)",
                                 content_type="text/plain")
         return web.FileResponse(path)
 
