@@ -714,8 +714,11 @@ class Report:
             if c.fix and c.status in ("fail", "warn"):
                 lines.append(f"  {'':<4}  {'':<{width}}  fix: {c.fix}")
         counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("pass", "fail", "warn", "skip")}
-        phases = f"offline {self.offline_seconds:.1f} s" + ("" if not self.live else
-                                                             f", live {self.seconds - self.offline_seconds:.1f} s")
+        phases = f"offline {self.offline_seconds:.1f} s"
+        if self.live:
+            phases += f", live {self.seconds - self.offline_seconds:.1f} s"
+            if self.boot_seconds is not None:
+                phases += f" of which {self.boot_seconds:.1f} s to the prompt"
         lines += ["", f"{counts['pass']} passed, {counts['fail']} failed, {counts['warn']} warnings, "
                       f"{counts['skip']} skipped" + ("  -> READY" if self.ok else "  -> NOT READY"),
                   f"verdict in {self.seconds:.1f} s ({phases})"]
