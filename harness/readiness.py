@@ -303,25 +303,39 @@ def live_facts(machine: Machine, user: str, password: str | None, limit: float,
         console.close()
 
 
+#: One round trip for everything the checks read in the guest: `@name` lines start each section.
+LIVE_PROBE = "; ".join([
+    "echo @cmdline; cat /proc/cmdline",
+    "for f in sysrq unknown_nmi_panic panic_on_unrecovered_nmi panic; do echo @$f; "
+    "cat /proc/sys/kernel/$f 2>/dev/null || echo -; done",
+    'echo @TMOUT; echo "${TMOUT:-}"',
+    "echo @config; c=/boot/config-$(uname -r); if [ -r $c ]; then cat $c; else zcat /proc/config.gz 2>/dev/null; "
+    "fi | grep -E '^CONFIG_(SERIAL_8250_CONSOLE|MAGIC_SYSRQ|MAGIC_SYSRQ_SERIAL)='",
+    "echo @target; if test -e /lib/systemd/system/rescue.target -o -e /usr/lib/systemd/system/rescue.target; "
+    "then echo yes; else echo no; fi",
+    "echo @root; (cat /etc/shadow 2>/dev/null || sudo -n cat /etc/shadow 2>/dev/null) | "
+    "awk -F: '$1==\"root\"{print \"root:\" $2}'",
+    "echo @forced; systemctl cat rescue.service emergency.service 2>/dev/null | grep -c SYSTEMD_SULOGIN_FORCE",
+    "true",
+])
+
+
 def _read_live(live: Live, shell: LinuxShell) -> None:
     shell.run("true")  # resynchronise after the SysRq output
-    live.cmdline = shell.run("cat /proc/cmdline").output.strip() or None
-    names = ("sysrq", "unknown_nmi_panic", "panic_on_unrecovered_nmi", "panic")
-    values = shell.run("for f in " + " ".join(names) + "; do cat /proc/sys/kernel/$f 2>/dev/null || echo -; done"
-                       ).output.split()
-    live.values = dict(zip(names, [*values, "-", "-", "-", "-"], strict=False))
-    live.values["TMOUT"] = shell.run('echo "${TMOUT:-}"').output.strip()
-    live.kernel_config = shell.run(
-        "c=/boot/config-$(uname -r); if [ -r $c ]; then cat $c; else zcat /proc/config.gz 2>/dev/null; fi | "
-        "grep -E '^CONFIG_(SERIAL_8250_CONSOLE|MAGIC_SYSRQ|MAGIC_SYSRQ_SERIAL)='").output
-    has_target = shell.run("test -e /lib/systemd/system/rescue.target -o -e /usr/lib/systemd/system/rescue.target")
-    live.rescue = {
-        "target": "yes" if has_target.ok else "no",
-        "root": shell.run("(cat /etc/shadow 2>/dev/null || sudo -n cat /etc/shadow 2>/dev/null) | "
-                          "awk -F: '$1==\"root\"{print \"root:\" $2}'").output.strip(),
-        "forced": shell.run("systemctl cat rescue.service emergency.service 2>/dev/null | grep -c "
-                            "SYSTEMD_SULOGIN_FORCE").output.strip(),
-    }
+    sections: dict[str, str] = {}
+    name = ""
+    for line in shell.run(LIVE_PROBE).output.splitlines():
+        if line.startswith("@") and " " not in line:
+            name = line[1:]
+            sections[name] = ""
+        elif name:
+            sections[name] += line + "\n"
+    live.cmdline = sections.get("cmdline", "").strip() or None
+    for key in ("sysrq", "unknown_nmi_panic", "panic_on_unrecovered_nmi", "panic", "TMOUT"):
+        live.values[key] = sections.get(key, "-").strip()
+    live.kernel_config = sections.get("config", "")
+    live.rescue = {"target": sections.get("target", "").strip(), "root": sections.get("root", "").strip(),
+                   "forced": sections.get("forced", "").strip()}
 
 
 # ------------------------------------------------------------------ checks
