@@ -227,12 +227,24 @@ SYSRQ_DONE = re.compile(rb"sysrq: Show Blocked State")
 SYSRQ_DISABLED = re.compile(rb"This sysrq operation is disabled")
 
 #: Seconds of console silence after which the boot is over: systemd said it is done; init started;
-#: output came but no init line (quiet); and nothing at all on ttyS0.
+#: output came but no init line; and nothing at all on ttyS0. The last two are for a command line
+#: that makes the kernel print on ttyS0; when it hides the boot (quiet, loglevel, another console
+#: last) or is unknown, a getty may be the first thing to print, so those waits are longer.
 QUIET_AFTER_DONE, QUIET_AFTER_INIT, QUIET_NO_INIT, SILENT = 5.0, 10.0, 20.0, 40.0
+QUIET_NO_INIT_HIDDEN, SILENT_HIDDEN = 40.0, 90.0
 
 
-def watch_boot(shell: LinuxShell, limit: float) -> tuple[str, Screen, bytes]:
+def expects_kernel_output(cmdline: str | None) -> bool:
+    """Whether this command line makes the kernel print its boot on ttyS0."""
+    if cmdline is None:
+        return False
+    consoles = _consoles(cmdline)
+    return bool(consoles) and consoles[-1].startswith("ttyS0") and not _hiding(cmdline)
+
+
+def watch_boot(shell: LinuxShell, limit: float, expect_output: bool = True) -> tuple[str, Screen, bytes]:
     """Read the console from the first byte until a prompt shows or the boot is over without one."""
+    silent, no_init = (SILENT, QUIET_NO_INIT) if expect_output else (SILENT_HIDDEN, QUIET_NO_INIT_HIDDEN)
     console = shell.console
     screen = Screen()
     log = b""
@@ -251,11 +263,11 @@ def watch_boot(shell: LinuxShell, limit: float) -> tuple[str, Screen, bytes]:
         if now - started > limit:
             return "timeout", screen, log
         if not log:
-            if now - started > SILENT:
+            if now - started > silent:
                 return "silent", screen, log
             continue
         settle = (QUIET_AFTER_DONE if pressed or BOOT_DONE.search(log)
-                  else QUIET_AFTER_INIT if INIT_STARTED.search(log) else QUIET_NO_INIT)
+                  else QUIET_AFTER_INIT if INIT_STARTED.search(log) else no_init)
         if now - last >= settle:
             if pressed:
                 return "quiet", screen, log
@@ -275,12 +287,12 @@ def _sysrq_probe(machine: Machine, console: Console) -> str:
 
 
 def live_facts(machine: Machine, user: str, password: str | None, limit: float,
-               prompts: dict[str, str | None]) -> Live:
+               prompts: dict[str, str | None], expect_output: bool = True) -> Live:
     started = time.monotonic()
     console = Console.for_machine(machine, from_offset=0)
     try:
         shell = LinuxShell(console, shell_prompt=prompts.get("shell"), login_prompt=prompts.get("login"))
-        outcome, screen, _ = watch_boot(shell, limit)
+        outcome, screen, _ = watch_boot(shell, limit, expect_output)
         live = Live(outcome=outcome, boot_log=b"", seconds=round(time.monotonic() - started, 1))
         if outcome == "prompt":
             live.prompt_kind = shell.classify(screen)
@@ -767,7 +779,8 @@ def check_image(spec: GuestSpec, user: str, password: str | None, *, label: str 
             machine.start()
             try:
                 facts.live = live_facts(machine, user, password, boot_timeout,
-                                        {"shell": shell_prompt, "login": login_prompt})
+                                        {"shell": shell_prompt, "login": login_prompt},
+                                        expects_kernel_output(facts.cmdline))
             finally:
                 machine.stop()
             report.boot_seconds = facts.live.seconds if facts.live.outcome == "prompt" else None
@@ -784,7 +797,7 @@ def run_checks(machine: Machine, user: str, password: str | None, *, boot_timeou
     report = Report(image=image or spec.image or str(machine.name))
     facts = Facts(spec=spec, user=user, cmdline=spec.append if spec.kernel else None,
                   cmdline_source="the guest's command line")
-    facts.live = live_facts(machine, user, password, boot_timeout, {})
+    facts.live = live_facts(machine, user, password, boot_timeout, {}, expects_kernel_output(facts.cmdline))
     report.boot_seconds = facts.live.seconds if facts.live.outcome == "prompt" else None
     evaluate(facts, report)
     report.seconds = round(time.monotonic() - started, 1)
