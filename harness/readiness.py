@@ -218,7 +218,11 @@ def offline_facts(spec: GuestSpec, user: str, workdir: Path) -> Facts:
 
 # ------------------------------------------------------------------ live
 
-KERNEL_CMDLINE = re.compile(rb"Command line: ([^\r\n]*)")
+#: The kernel prints its command line twice: "Command line:" in early setup, "Kernel command line:"
+#: later. Under a heavily loaded TCG host the first, printed when the console starts, was seen to
+#: lose a byte in the guest's UART ("console=tyS0"), so the later one is read first.
+KERNEL_CMDLINES = (re.compile(rb"Kernel command line: ([^\r\n]*)"),
+                   re.compile(rb"(?<!Kernel c)Command line: ([^\r\n]*)"))
 GRUB_MENU = re.compile(rb"GNU GRUB")
 GRUB_COUNTDOWN = re.compile(rb"will be executed automatically in|will boot automatically in")
 KERNEL_START = re.compile(rb"Linux version \d")
@@ -229,12 +233,24 @@ SYSRQ_DONE = re.compile(rb"sysrq: Show Blocked State")
 SYSRQ_DISABLED = re.compile(rb"This sysrq operation is disabled")
 
 #: Seconds of console silence after which the boot is over: systemd said it is done; init started;
-#: output came but no init line (quiet); and nothing at all on ttyS0.
+#: output came but no init line; and nothing at all on ttyS0. The last two are for a command line
+#: that makes the kernel print on ttyS0; when it hides the boot (quiet, loglevel, another console
+#: last) or is unknown, a getty may be the first thing to print, so those waits are longer.
 QUIET_AFTER_DONE, QUIET_AFTER_INIT, QUIET_NO_INIT, SILENT = 5.0, 10.0, 20.0, 40.0
+QUIET_NO_INIT_HIDDEN, SILENT_HIDDEN = 40.0, 90.0
 
 
-def watch_boot(shell: LinuxShell, limit: float) -> tuple[str, Screen, bytes]:
+def expects_kernel_output(cmdline: str | None) -> bool:
+    """Whether this command line makes the kernel print its boot on ttyS0."""
+    if cmdline is None:
+        return False
+    consoles = _consoles(cmdline)
+    return bool(consoles) and consoles[-1].startswith("ttyS0") and not _hiding(cmdline)
+
+
+def watch_boot(shell: LinuxShell, limit: float, expect_output: bool = True) -> tuple[str, Screen, bytes]:
     """Read the console from the first byte until a prompt shows or the boot is over without one."""
+    silent, no_init = (SILENT, QUIET_NO_INIT) if expect_output else (SILENT_HIDDEN, QUIET_NO_INIT_HIDDEN)
     console = shell.console
     screen = Screen()
     log = b""
@@ -253,11 +269,11 @@ def watch_boot(shell: LinuxShell, limit: float) -> tuple[str, Screen, bytes]:
         if now - started > limit:
             return "timeout", screen, log
         if not log:
-            if now - started > SILENT:
+            if now - started > silent:
                 return "silent", screen, log
             continue
         settle = (QUIET_AFTER_DONE if pressed or BOOT_DONE.search(log)
-                  else QUIET_AFTER_INIT if INIT_STARTED.search(log) else QUIET_NO_INIT)
+                  else QUIET_AFTER_INIT if INIT_STARTED.search(log) else no_init)
         if now - last >= settle:
             if pressed:
                 return "quiet", screen, log
@@ -277,12 +293,12 @@ def _sysrq_probe(machine: Machine, console: Console) -> str:
 
 
 def live_facts(machine: Machine, user: str, password: str | None, limit: float,
-               prompts: dict[str, str | None]) -> Live:
+               prompts: dict[str, str | None], expect_output: bool = True) -> Live:
     started = time.monotonic()
     console = Console.for_machine(machine, from_offset=0)
     try:
         shell = LinuxShell(console, shell_prompt=prompts.get("shell"), login_prompt=prompts.get("login"))
-        outcome, screen, _ = watch_boot(shell, limit)
+        outcome, screen, _ = watch_boot(shell, limit, expect_output)
         live = Live(outcome=outcome, boot_log=b"", seconds=round(time.monotonic() - started, 1))
         if outcome == "prompt":
             live.prompt_kind = shell.classify(screen)
@@ -297,7 +313,7 @@ def live_facts(machine: Machine, user: str, password: str | None, limit: float,
             _read_live(live, live.shell)
         live.boot_log = machine.read_log(0)
         if live.cmdline is None:
-            match = KERNEL_CMDLINE.search(live.boot_log)
+            match = next((m for m in (p.search(live.boot_log) for p in KERNEL_CMDLINES) if m), None)
             if match:
                 live.cmdline = match.group(1).decode(errors="replace")
         return live
@@ -305,25 +321,39 @@ def live_facts(machine: Machine, user: str, password: str | None, limit: float,
         console.close()
 
 
+#: One round trip for everything the checks read in the guest: `@name` lines start each section.
+LIVE_PROBE = "; ".join([
+    "echo @cmdline; cat /proc/cmdline",
+    "for f in sysrq unknown_nmi_panic panic_on_unrecovered_nmi panic; do echo @$f; "
+    "cat /proc/sys/kernel/$f 2>/dev/null || echo -; done",
+    'echo @TMOUT; echo "${TMOUT:-}"',
+    "echo @config; c=/boot/config-$(uname -r); if [ -r $c ]; then cat $c; else zcat /proc/config.gz 2>/dev/null; "
+    "fi | grep -E '^CONFIG_(SERIAL_8250_CONSOLE|MAGIC_SYSRQ|MAGIC_SYSRQ_SERIAL)='",
+    "echo @target; if test -e /lib/systemd/system/rescue.target -o -e /usr/lib/systemd/system/rescue.target; "
+    "then echo yes; else echo no; fi",
+    "echo @root; (cat /etc/shadow 2>/dev/null || sudo -n cat /etc/shadow 2>/dev/null) | "
+    "awk -F: '$1==\"root\"{print \"root:\" $2}'",
+    "echo @forced; systemctl cat rescue.service emergency.service 2>/dev/null | grep -c SYSTEMD_SULOGIN_FORCE",
+    "true",
+])
+
+
 def _read_live(live: Live, shell: LinuxShell) -> None:
     shell.run("true")  # resynchronise after the SysRq output
-    live.cmdline = shell.run("cat /proc/cmdline").output.strip() or None
-    names = ("sysrq", "unknown_nmi_panic", "panic_on_unrecovered_nmi", "panic")
-    values = shell.run("for f in " + " ".join(names) + "; do cat /proc/sys/kernel/$f 2>/dev/null || echo -; done"
-                       ).output.split()
-    live.values = dict(zip(names, [*values, "-", "-", "-", "-"], strict=False))
-    live.values["TMOUT"] = shell.run('echo "${TMOUT:-}"').output.strip()
-    live.kernel_config = shell.run(
-        "c=/boot/config-$(uname -r); if [ -r $c ]; then cat $c; else zcat /proc/config.gz 2>/dev/null; fi | "
-        "grep -E '^CONFIG_(SERIAL_8250_CONSOLE|MAGIC_SYSRQ|MAGIC_SYSRQ_SERIAL)='").output
-    has_target = shell.run("test -e /lib/systemd/system/rescue.target -o -e /usr/lib/systemd/system/rescue.target")
-    live.rescue = {
-        "target": "yes" if has_target.ok else "no",
-        "root": shell.run("(cat /etc/shadow 2>/dev/null || sudo -n cat /etc/shadow 2>/dev/null) | "
-                          "awk -F: '$1==\"root\"{print \"root:\" $2}'").output.strip(),
-        "forced": shell.run("systemctl cat rescue.service emergency.service 2>/dev/null | grep -c "
-                            "SYSTEMD_SULOGIN_FORCE").output.strip(),
-    }
+    sections: dict[str, str] = {}
+    name = ""
+    for line in shell.run(LIVE_PROBE).output.splitlines():
+        if line.startswith("@") and " " not in line:
+            name = line[1:]
+            sections[name] = ""
+        elif name:
+            sections[name] += line + "\n"
+    live.cmdline = sections.get("cmdline", "").strip() or None
+    for key in ("sysrq", "unknown_nmi_panic", "panic_on_unrecovered_nmi", "panic", "TMOUT"):
+        live.values[key] = sections.get(key, "-").strip()
+    live.kernel_config = sections.get("config", "")
+    live.rescue = {"target": sections.get("target", "").strip(), "root": sections.get("root", "").strip(),
+                   "forced": sections.get("forced", "").strip()}
     live.efi = _read_efi_grub(shell)
 
 
@@ -792,8 +822,11 @@ class Report:
             if c.fix and c.status in ("fail", "warn"):
                 lines.append(f"  {'':<4}  {'':<{width}}  fix: {c.fix}")
         counts = {s: sum(1 for c in self.checks if c.status == s) for s in ("pass", "fail", "warn", "skip")}
-        phases = f"offline {self.offline_seconds:.1f} s" + ("" if not self.live else
-                                                             f", live {self.seconds - self.offline_seconds:.1f} s")
+        phases = f"offline {self.offline_seconds:.1f} s"
+        if self.live:
+            phases += f", live {self.seconds - self.offline_seconds:.1f} s"
+            if self.boot_seconds is not None:
+                phases += f" of which {self.boot_seconds:.1f} s to the prompt"
         lines += ["", f"{counts['pass']} passed, {counts['fail']} failed, {counts['warn']} warnings, "
                       f"{counts['skip']} skipped" + ("  -> READY" if self.ok else "  -> NOT READY"),
                   f"verdict in {self.seconds:.1f} s ({phases})"]
@@ -828,7 +861,8 @@ def check_image(spec: GuestSpec, user: str, password: str | None, *, label: str 
             machine.start()
             try:
                 facts.live = live_facts(machine, user, password, boot_timeout,
-                                        {"shell": shell_prompt, "login": login_prompt})
+                                        {"shell": shell_prompt, "login": login_prompt},
+                                        expects_kernel_output(facts.cmdline))
             finally:
                 machine.stop()
             report.boot_seconds = facts.live.seconds if facts.live.outcome == "prompt" else None
@@ -845,7 +879,7 @@ def run_checks(machine: Machine, user: str, password: str | None, *, boot_timeou
     report = Report(image=image or spec.image or str(machine.name))
     facts = Facts(spec=spec, user=user, cmdline=spec.append if spec.kernel else None,
                   cmdline_source="the guest's command line")
-    facts.live = live_facts(machine, user, password, boot_timeout, {})
+    facts.live = live_facts(machine, user, password, boot_timeout, {}, expects_kernel_output(facts.cmdline))
     report.boot_seconds = facts.live.seconds if facts.live.outcome == "prompt" else None
     evaluate(facts, report)
     report.seconds = round(time.monotonic() - started, 1)

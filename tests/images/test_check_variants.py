@@ -2,9 +2,8 @@
 the right failed row for each broken one, offline (from the files alone) and after the live boot.
 Each verdict's time is printed (`-s` shows it); it is measured, not asserted.
 
-Seen failing: with `getty_offline` returning None, the offline rows of no-getty, getty-on-ttyS1
-and debian-getty-masked are skip instead of fail; with the boot watch's Enter press removed, the
-ready variants whose prompt scrolled by still pass but take the full timeout.
+Seen failing: with `getty_offline` returning None, the offline getty rows of no-getty and
+getty-on-ttyS1 are skip instead of fail.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 images/debian-shells): each variant boots, logs in, runs a command, and the output and exit status
 come back clean.
 
-Seen failing: with the old line regex login (`[\\r\\n][\\w.-]* ?login: `) hostname-none, the
-banner and long-hostname variants time out waiting for `login:`; with `exec /bin/sh` removed
-from `_prepare_shell`, the fish test times out at the marker prompt.
+Seen failing: with the line-regex login of before (harness/linux.py at 150bea6) the
+hostname-none, user-colour-dollar and autologin variants fail; typing the setup line right after
+`exec /bin/sh` (before sh's prompt) let fish read it, and the fish case timed out.
 """
 
 from __future__ import annotations

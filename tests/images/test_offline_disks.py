@@ -102,17 +102,22 @@ def test_mbr_single_partition(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert _rows(table)["getty"] == "FAIL"
 
 
-def test_lvm_partition_is_named_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    disk = tmp_path / "lvm.img"
+@pytest.mark.parametrize(("magic_at", "magic", "said"), [
+    (512, b"LABELONE", "partition 1 is an LVM physical volume"),  # pvcreate's label, in the second sector
+    (0, b"LUKS\xba\xbe", "partition 1 is encrypted (LUKS)"),
+])
+def test_lvm_or_luks_partition_is_named_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 magic_at: int, magic: bytes, said: str) -> None:
+    disk = tmp_path / "pv.img"
     with disk.open("wb") as fh:
         fh.truncate(8 << 20)
-        fh.seek((1 << 20) + 512)
-        fh.write(b"LABELONE")  # what pvcreate writes in a physical volume's second sector
+        fh.seek((1 << 20) + magic_at)
+        fh.write(magic)
     subprocess.run(["sfdisk", "-q", str(disk)], input="label: dos\n,4M,8e\n", text=True, check=True,
                    capture_output=True)
     status, table = _offline(capsys, disk)
-    assert "partition 1 is an LVM physical volume" in table
-    assert "checked live" in table
+    assert said in table and "checked live" in table
+    assert "no readable root filesystem found offline" in table
     assert status in (0, 1)
 
 

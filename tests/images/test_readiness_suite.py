@@ -2,8 +2,8 @@
 their own: the ready debian-grub disk passes every check, and the grub-no-serial variant, given
 as a qcow2 copy, fails exactly `test_readiness[grub-serial]`.
 
-Seen failing: with the suite's fixture ignoring the report (every check passed), the second
-case's exit status is 0 and the assertion on the failed test id fails.
+Seen failing: with `test_readiness` returning before it looks at its check, the qcow2 case
+exits 0 (11 passed) and fails.
 """
 
 from __future__ import annotations
