@@ -229,10 +229,13 @@ def runaway_memory_hog(guest: GrubGuest, megabytes: int = 100, wait: float = 5.0
         shell.run("echo 1 > /proc/sys/kernel/sysrq", check=True)
         result.step("enabled every SysRq function (kernel.sysrq=1)")
     boot_id = shell.run("cat /proc/sys/kernel/random/boot_id").output.strip()
-    # Holds the memory and sleeps (rather than growing until the kernel's own OOM killer acts),
-    # so the shell stays hung until someone does something.
-    guest.console.sendline(f"sh -c 'x=$(head -c {megabytes * 1000000} /dev/zero | tr \"\\0\" x); "
-                           "echo HOG-$((6*7)); sleep 100000; :'")
+    # One process that holds the memory and then blocks (rather than growing until the kernel's own
+    # OOM killer acts), so the shell stays hung until someone does something. It ignores SIGINT,
+    # which the BREAK before each SysRq key can deliver to the foreground job, and it has no
+    # child (a `sleep` would outlive it and keep the job's process group).
+    shell.run("rm -f /run/sercon-drill-hog && mkfifo /run/sercon-drill-hog", check=True)
+    guest.console.sendline(f"sh -c 'trap \"\" INT; x=$(head -c {megabytes * 1000000} /dev/zero | tr \"\\0\" x); "
+                           "echo HOG-$((6*7)); read y < /run/sercon-drill-hog'")
     guest.console.expect(re.compile(rb"HOG-42"), timeout=300)
     try:
         guest.console.expect(shell.prompt, timeout=wait)
@@ -268,7 +271,9 @@ def panic_auto_reboot(guest: GrubGuest, panic_seconds: int = 10) -> DrillResult:
     panics the guest and it comes back by itself. The panic and the reboot are in events.jsonl and the log."""
     result = DrillResult("panic and automatic reboot")
     shell = _shell(guest)
-    shell.run(f"sysctl -q -w kernel.panic={panic_seconds} kernel.unknown_nmi_panic=1 kernel.sysrq=1", check=True)
+    # What `sysctl -w` does (minimal images have no procps).
+    shell.run(f"echo {panic_seconds} > /proc/sys/kernel/panic && echo 1 > /proc/sys/kernel/unknown_nmi_panic && "
+              "echo 1 > /proc/sys/kernel/sysrq", check=True)
     result.step(f"kernel.panic={panic_seconds}, kernel.unknown_nmi_panic=1")
     since = time.time()
     start = guest.machine.serial_log_path.stat().st_size
