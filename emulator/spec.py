@@ -73,7 +73,7 @@ class GuestSpec:
             raise SerconError("secure_boot needs UEFI firmware (firmware=.../OVMF_CODE_4M.secboot.fd)")
         if self.secure_boot and not self.machine.split(",")[0].startswith(("q35", "pc-q35")):
             raise SerconError(f"Secure Boot needs the q35 machine (SMM-protected flash), not {self.machine!r}: "
-                              "use machine=\"q35\"")
+                              "use --machine q35 (machine=\"q35\")")
         if self.initrd and not self.kernel:
             raise SerconError("an initrd needs a kernel (--kernel)")
         if self.memory_mb < 64:

@@ -26,7 +26,7 @@ from emulator.errors import SerconError
 
 from ..console import ConsoleTimeout
 from ..grub import KERNEL_BANNER, GrubGuest
-from ..linux import LinuxShell
+from ..linux import LOGIN_PROMPT, LinuxShell
 
 PANIC = re.compile(rb"Kernel panic - not syncing")
 EMERGENCY = re.compile(rb"You are in emergency mode")
@@ -229,10 +229,13 @@ def runaway_memory_hog(guest: GrubGuest, megabytes: int = 100, wait: float = 5.0
         shell.run("echo 1 > /proc/sys/kernel/sysrq", check=True)
         result.step("enabled every SysRq function (kernel.sysrq=1)")
     boot_id = shell.run("cat /proc/sys/kernel/random/boot_id").output.strip()
-    # Holds the memory and sleeps (rather than growing until the kernel's own OOM killer acts),
-    # so the shell stays hung until someone does something.
-    guest.console.sendline(f"sh -c 'x=$(head -c {megabytes * 1000000} /dev/zero | tr \"\\0\" x); "
-                           "echo HOG-$((6*7)); sleep 100000; :'")
+    # One process that holds the memory and then blocks (rather than growing until the kernel's own
+    # OOM killer acts), so the shell stays hung until someone does something. It ignores SIGINT,
+    # which the BREAK before each SysRq key can deliver to the foreground job, and it has no
+    # child (a `sleep` would outlive it and keep the job's process group).
+    shell.run("rm -f /run/sercon-drill-hog && mkfifo /run/sercon-drill-hog", check=True)
+    guest.console.sendline(f"sh -c 'trap \"\" INT; x=$(head -c {megabytes * 1000000} /dev/zero | tr \"\\0\" x); "
+                           "echo HOG-$((6*7)); read y < /run/sercon-drill-hog'")
     guest.console.expect(re.compile(rb"HOG-42"), timeout=300)
     try:
         guest.console.expect(shell.prompt, timeout=wait)
@@ -243,13 +246,24 @@ def runaway_memory_hog(guest: GrubGuest, megabytes: int = 100, wait: float = 5.0
     for keys, label in (("f", "sysrq f"), ("e", "sysrq e"), ("i", "sysrq i")):
         guest.machine.sysrq(keys)
         try:
-            guest.console.expect(shell.prompt, timeout=30)
+            guest.console.expect([shell.prompt, LOGIN_PROMPT], timeout=30)
         except ConsoleTimeout:
             result.step(f"{label}: the shell is still hung")
             continue
+        # systemd may act on the kill too: a service whose process the OOM killer killed is stopped
+        # (OOMPolicy=stop, the default), and without logind the login shell is the getty's.
+        guest.console.drain(quiet=3, limit=30)
+        guest.console.sendline()
+        if guest.console.expect([shell.prompt, LOGIN_PROMPT], timeout=30) == 1:
+            result.step(f"{label}: the hog is gone; systemd stopped the console's getty with it (OOMPolicy=stop) "
+                        "and started a new one: log in again")
+            guest.console.sendline()  # the prompt was read above: ask the getty for a fresh one
+            shell = guest.login()
+        else:
+            result.step(f"{label}: the same shell is back")
         if shell.run("cat /proc/sys/kernel/random/boot_id").output.strip() != boot_id:
             raise DrillFailed(f"after {label} the guest had rebooted")
-        result.step(f"{label}: the shell is back, same boot")
+        result.step(f"{label}: a usable shell, same boot")
         result.recovered_by = label
         return result
     guest.shell = None
@@ -268,7 +282,9 @@ def panic_auto_reboot(guest: GrubGuest, panic_seconds: int = 10) -> DrillResult:
     panics the guest and it comes back by itself. The panic and the reboot are in events.jsonl and the log."""
     result = DrillResult("panic and automatic reboot")
     shell = _shell(guest)
-    shell.run(f"sysctl -q -w kernel.panic={panic_seconds} kernel.unknown_nmi_panic=1 kernel.sysrq=1", check=True)
+    # What `sysctl -w` does (minimal images have no procps).
+    shell.run(f"echo {panic_seconds} > /proc/sys/kernel/panic && echo 1 > /proc/sys/kernel/unknown_nmi_panic && "
+              "echo 1 > /proc/sys/kernel/sysrq", check=True)
     result.step(f"kernel.panic={panic_seconds}, kernel.unknown_nmi_panic=1")
     since = time.time()
     start = guest.machine.serial_log_path.stat().st_size
@@ -281,8 +297,9 @@ def panic_auto_reboot(guest: GrubGuest, panic_seconds: int = 10) -> DrillResult:
         guest.machine.sysrq("c")
         how = "SysRq c"
         guest.console.expect(PANIC, timeout=60)
-    guest.console.expect(re.compile(rb"Rebooting in \d+ seconds"), timeout=60)
-    result.step(f"{how}: kernel panic, rebooting in {panic_seconds} s")
+    result.step(f"{how}: kernel panic")
+    guest.console.expect(KERNEL_BANNER, timeout=guest.boot_timeout)  # the guest's own reboot, panic_seconds later
+    result.step("a new boot started by itself")
     guest.login()  # nobody touched the console: it came back by itself
     events = [e for e in guest.machine.events() if e["time"] >= since]
     kinds = [e["event"] for e in events]

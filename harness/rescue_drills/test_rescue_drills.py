@@ -4,6 +4,12 @@ Each drill gets a guest of its own, restored from a snapshot taken at a logged-i
 once per image by booting it, then cached), so a drill that leaves its guest broken cannot
 spoil the next one, and no drill pays for a cold boot before it starts. Drills that cannot
 apply to the image are reported as skipped, with the reason (e.g. no GRUB to catch).
+
+Seen failing when the guest did not do what a runbook step expects: the panic drill on an image
+without `sysctl`, the runaway drill when systemd stopped the console's getty along with the
+OOM-killed hog (the drill now logs in again there, and still fails if the guest rebooted), the
+broken-kernel drill when its boot left alone did not reach `login:`. On linux-initramfs the
+fstab, password and broken-kernel drills skip (no systemd, no GRUB) and the other two pass.
 """
 
 from __future__ import annotations

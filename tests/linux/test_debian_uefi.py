@@ -4,6 +4,11 @@ The debian-grub scenarios on `debian-uefi` (GRUB's menu caught after a reset, th
 edited to the rescue target and to init=/bin/sh, SysRq, NMI, restart, power cycle) and the
 firmware's own boot manager reached over COM1. One guest, one console kept open across every
 boot, so the tests run in file order and each starts from whatever boot the previous one left.
+
+Seen failing: the editing tests when GRUB's editor screen was read before the entry was drawn,
+the restart test on an image without systemd-logind (the ACPI power button did nothing); the
+grub-efi assertion is the check that fails on the `grub_serial = false` variant
+(test_readiness_uefi.py).
 """
 
 from __future__ import annotations
