@@ -26,7 +26,10 @@ from emulator.errors import SerconError
 
 from ..console import ConsoleTimeout
 from ..grub import KERNEL_BANNER, GrubGuest
-from ..linux import LOGIN_PROMPT, LinuxShell
+from ..linux import LinuxShell
+
+#: A getty's login prompt in the console byte stream (harness.linux.LOGIN_PROMPT reads a screen line).
+LOGIN_ON_CONSOLE = re.compile(rb"(?i)\blog ?in: ")
 
 PANIC = re.compile(rb"Kernel panic - not syncing")
 EMERGENCY = re.compile(rb"You are in emergency mode")
@@ -246,7 +249,7 @@ def runaway_memory_hog(guest: GrubGuest, megabytes: int = 100, wait: float = 5.0
     for keys, label in (("f", "sysrq f"), ("e", "sysrq e"), ("i", "sysrq i")):
         guest.machine.sysrq(keys)
         try:
-            guest.console.expect([shell.prompt, LOGIN_PROMPT], timeout=30)
+            guest.console.expect([shell.prompt, LOGIN_ON_CONSOLE], timeout=30)
         except ConsoleTimeout:
             result.step(f"{label}: the shell is still hung")
             continue
@@ -254,7 +257,7 @@ def runaway_memory_hog(guest: GrubGuest, megabytes: int = 100, wait: float = 5.0
         # (OOMPolicy=stop, the default), and without logind the login shell is the getty's.
         guest.console.drain(quiet=3, limit=30)
         guest.console.sendline()
-        if guest.console.expect([shell.prompt, LOGIN_PROMPT], timeout=30) == 1:
+        if guest.console.expect([shell.prompt, LOGIN_ON_CONSOLE], timeout=30) == 1:
             result.step(f"{label}: the hog is gone; systemd stopped the console's getty with it (OOMPolicy=stop) "
                         "and started a new one: log in again")
             guest.console.sendline()  # the prompt was read above: ask the getty for a fresh one
