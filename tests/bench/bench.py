@@ -22,8 +22,9 @@ confidence interval (met / missed / undecided).
 Writes tests/bench/results/bench.json (with date, commit, host, cores, QEMU version); report.py
 prints it, plots it and writes the README's table from it. Sample counts: SERCON_BENCH_BOOTS
 (default 20), SERCON_BENCH_ROUNDS (10 blocks of SERCON_BENCH_BLOCK=20 round trips), SERCON_BENCH_RUNS
-(default 5, snapshots and distribution images), SERCON_BENCH_IMAGES, SERCON_BENCH_SKIP (comma list
-of boot,rtt,actions,snapshots,memory,images,web).
+(default 5: snapshot rows, web rows), SERCON_BENCH_IMAGE_RUNS (default 3 boots of each variant of
+each distribution image), SERCON_BENCH_SNAPSHOT_IMAGES and SERCON_BENCH_BOOT_IMAGES (comma lists),
+SERCON_BENCH_SKIP (comma list of boot,rtt,actions,snapshots,memory,images,web).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ BOOTS = int(os.environ.get("SERCON_BENCH_BOOTS", "20"))
 ROUNDS = int(os.environ.get("SERCON_BENCH_ROUNDS", "10"))
 BLOCK = int(os.environ.get("SERCON_BENCH_BLOCK", "20"))
 RUNS = int(os.environ.get("SERCON_BENCH_RUNS", "5"))
+IMAGE_RUNS = int(os.environ.get("SERCON_BENCH_IMAGE_RUNS", "3"))
 SKIP = set(filter(None, os.environ.get("SERCON_BENCH_SKIP", "").split(",")))
 
 
@@ -363,8 +365,10 @@ def main() -> int:
     print(f"sercon bench: accelerator {accel} ({reason}), {os.cpu_count()} CPUs; {BOOTS} boots, "
           f"{ROUNDS}x{BLOCK} round trips, {RUNS} runs per snapshot/image row", flush=True)
     rows: list[Row] = []
-    images = [i for i in os.environ.get("SERCON_BENCH_IMAGES", "linux-initramfs,debian-systemd,debian-grub")
-              .split(",") if i]
+    snapshot_images = [i for i in os.environ.get("SERCON_BENCH_SNAPSHOT_IMAGES", "linux-initramfs,debian-systemd")
+                       .split(",") if i]
+    boot_images = [i for i in os.environ.get(
+        "SERCON_BENCH_BOOT_IMAGES", "debian-systemd,debian-grub,debian-uefi,debian-uefi-secureboot").split(",") if i]
 
     def section(name: str, make: Callable[[], Row | list[Row]]) -> None:
         if name in SKIP:
@@ -382,14 +386,14 @@ def main() -> int:
     section("boot", lambda: bench_boot(spec, accel))
     section("rtt", lambda: bench_round_trip(spec, accel))
     section("actions", lambda: bench_actions(spec))
-    for image in images:
+    for image in snapshot_images:
         section("snapshots", lambda image=image: bench_snapshots(image, accel))  # type: ignore[misc]
     section("memory", lambda: bench_memory(spec))
 
     def images_rows() -> list[Row]:
         from bench_images import bench_cold_boots
 
-        return bench_cold_boots([i for i in images if i != "linux-initramfs"], runs=RUNS)
+        return bench_cold_boots(boot_images, runs=IMAGE_RUNS)
 
     def web_rows() -> list[Row]:
         from bench_web import run_all

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -32,14 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from record import Row, interleaved  # noqa: E402
 
-from emulator import Machine  # noqa: E402
+from emulator import Machine, firmware  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
 from emulator.images import build_image  # noqa: E402
 from emulator.qemu_args import find_qemu, qemu_args  # noqa: E402
 from emulator.spec import GuestSpec  # noqa: E402
 from harness.console import Console  # noqa: E402
 
-DEFAULT_IMAGES = ["debian-systemd", "debian-grub"]
+DEFAULT_IMAGES = ["debian-systemd", "debian-grub", "debian-uefi", "debian-uefi-secureboot"]
 LOGIN = b"login: "
 TIMEOUT = 300.0
 
@@ -48,8 +49,11 @@ def _bare_boot(spec: GuestSpec, accel: str) -> float:
     """Milliseconds from starting the bare QEMU command to `login:` on its serial socket."""
     serial, serial_qemu = socket.socketpair()
     qmp, qmp_qemu = socket.socketpair()
+    scratch = Path(tempfile.mkdtemp(prefix="sercon-bench-bare-"))
+    # A UEFI guest gets its own copy of the variable store, as sercon's owner makes one.
+    vars_file = firmware.vars_copy(spec.firmware_vars, scratch) if spec.firmware_vars else None
     args = qemu_args(spec, accel=accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
-                     name="bench-image-bare", qemu=find_qemu())
+                     name="bench-image-bare", qemu=find_qemu(), firmware_vars=str(vars_file) if vars_file else None)
     started = time.perf_counter()
     proc = subprocess.Popen(args, pass_fds=(serial_qemu.fileno(), qmp_qemu.fileno()),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -75,6 +79,7 @@ def _bare_boot(spec: GuestSpec, accel: str) -> float:
         proc.wait()
         serial.close()
         qmp.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _sercon_boot(spec: GuestSpec) -> float:
