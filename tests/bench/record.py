@@ -49,7 +49,7 @@ def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], *, stat: 
              seed: int = 1) -> tuple[float, float, float]:
     """(point, low, high): the ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI."""
     pick: Callable[[Sequence[float]], float] = (
-        statistics.median if stat == "p50" else statistics.fmean)  # type: ignore[assignment]
+        statistics.median if stat == "p50" else statistics.fmean)
     point = pick(numerator) / pick(denominator)
     rng = random.Random(seed)
     ratios = sorted(
@@ -152,7 +152,9 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
     else:
         assert goal.baseline is not None
         point, low, high = ratio_ci(row.samples[goal.variant], row.samples[goal.baseline], stat=goal.stat)
-    good = (lambda x: x <= goal.limit) if goal.kind in ("ratio_max", "value_max") else (lambda x: x >= goal.limit)
+    def good(x: float) -> bool:
+        return x <= goal.limit if goal.kind in ("ratio_max", "value_max") else x >= goal.limit
+
     verdict = "met" if good(low) and good(high) else "missed" if not good(low) and not good(high) else "undecided"
     out.update(value=point, ci95=[low, high], verdict=verdict)
     return out
