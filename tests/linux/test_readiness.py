@@ -31,6 +31,7 @@ def test_ready_image_passes_through_the_cli(sercon_home: Path, capsys: pytest.Ca
     statuses = {c["id"]: c["status"] for c in report["checks"]}
     assert report["ok"] is True
     assert statuses.pop("grub-serial") == "skip"  # booted with -kernel
+    assert statuses.pop("grub-efi") == "skip"  # not a UEFI boot
     assert set(statuses.values()) == {"pass"}, statuses
     assert all(c["title"] and c["detail"] for c in report["checks"])
 
