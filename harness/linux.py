@@ -34,6 +34,9 @@ from .console import Console, ConsoleTimeout
 #: Default prompt patterns, matched against the text left of the cursor on the cursor's row of a
 #: terminal emulator fed with the console (colours, cursor moves, bracketed paste, a zsh right
 #: prompt and the banner above do not count). Override with `LinuxShell(login_prompt=, shell_prompt=)`.
+#: What firmware and boot loaders print on the serial console, and what only comes after them.
+BOOT_LOADER_MARKERS = (b"Welcome to GRUB", b"GNU GRUB", b"BdsDxe: ", b"SeaBIOS (version", b"Booting from ")
+KERNEL_OR_LATER = re.compile(rb"Linux version |\[\s*\d+\.\d{6}\]|login: |Welcome to |emergency mode|\$ |# ")
 LOGIN_PROMPT = re.compile(r"(?i)(?:\blog ?in|\busername|\buser)(?: name)?: ?$")
 PASSWORD_PROMPT = re.compile(r"(?i)\bpassword(?: for [^:]*)?: ?$")
 SHELL_PROMPT = re.compile(r"[#$%>\u276f\u00bb\u279c] ?$")
@@ -262,9 +265,27 @@ class LinuxShell:
             # physical board's cannot, so it gets a longer wait).
             spoken = got_output or bool(self.console.tail.data) or self.console.start_offset > 0 or (
                 self.console.machine is None and now - last_data >= 2 * enter_after)
-            if spoken and now - last_data >= enter_after * (enters + 1) and enters < 3:
+            if spoken and now - last_data >= enter_after * (enters + 1) and enters < 3 and not self._in_boot_loader():
                 enters += 1
                 self.console.sendline()
+
+    def _in_boot_loader(self) -> bool:
+        """True while firmware or a boot loader is the last thing this boot of a sercon guest printed.
+
+        A key pressed then goes to them, not to a getty: GRUB stops its countdown (and under OVMF
+        was seen to stop altogether), a firmware may open its setup. Quiet spells there are normal
+        (OVMF prints nothing for seconds), so login() waits for the kernel instead of pressing Enter.
+        """
+        machine = self.console.machine
+        if machine is None:
+            return False
+        try:
+            starts = [e["offset"] for e in machine.events() if e["event"] in ("power_on", "boot", "restored")]
+            log = machine.read_log(starts[-1] if starts else 0)
+        except (OSError, ValueError, KeyError, SerconError):
+            return False
+        loader = max((log.rfind(marker) for marker in BOOT_LOADER_MARKERS), default=-1)
+        return loader >= 0 and not KERNEL_OR_LATER.search(log, loader)
 
     def classify(self, screen: Screen) -> str:
         """What the console shows now: "login", "password", "shell", "expired" or "" (no prompt)."""
