@@ -29,7 +29,7 @@ import pyte
 
 from emulator.errors import SerconError
 
-from .console import Console, ConsoleTimeout
+from .console import Console, ConsoleTimeout, GuestSocketSpawn
 
 #: Default prompt patterns, matched against the text left of the cursor on the cursor's row of a
 #: terminal emulator fed with the console (colours, cursor moves, bracketed paste, a zsh right
@@ -374,7 +374,10 @@ class LinuxShell:
             line = "eval '" + command.replace("'", "'\\''") + "'"
         threshold = self.kernel_clock.latest
         # Bytes that arrived before this command (the rest of a line an earlier expect() matched
-        # into, late kernel output) are not its output.
+        # into, late kernel output) are not its output. On a sercon guest the serial log is the
+        # fence: whatever the guest had printed when the command was sent, even if it reaches this
+        # console later, stands in the log below `fence`.
+        fence = self._log_fence()
         self.console.discard_buffered()
         self.console.send(line + "\r")
         try:
@@ -394,7 +397,12 @@ class LinuxShell:
                 + (self.console.before + self.console.match.group(0) + tail).decode(errors="replace")[-3000:]
             )
         status = int(self.console.match.group(1))
-        output, messages = self._clean(self.console.before, threshold)
+        before = self.console.before
+        spawn = self.console.spawn
+        if fence is not None and isinstance(spawn, GuestSocketSpawn):
+            starts_at = spawn.offset - len(spawn.buffer or b"") - len(self.console.match.group(0)) - len(before)
+            before = before[max(0, fence - starts_at):]
+        output, messages = self._clean(before, threshold)
         result = Result(command=command, output=output, exit_status=status, kernel_messages=messages)
         if check and status != 0:
             raise CommandFailed(f"{command!r} exited with status {status}:\n{output[-2000:]}")
@@ -408,6 +416,16 @@ class LinuxShell:
         except ConsoleTimeout:
             self.console.send(b"\x03\r")
             self.console.expect(self.prompt, timeout=timeout)
+
+    def _log_fence(self) -> int | None:
+        """The guest's serial log size now, if this console is a sercon guest's (else None)."""
+        machine = self.console.machine
+        if machine is None or not isinstance(self.console.spawn, GuestSocketSpawn):
+            return None
+        try:
+            return machine.serial_log_path.stat().st_size
+        except OSError:
+            return None
 
     def _clean(self, raw: bytes, threshold: float) -> tuple[str, list[str]]:
         messages: list[str] = []
