@@ -7,7 +7,7 @@ Fixtures:
 - `fresh_guest` / `fresh_shell`: a guest of their own for one test (panic, power cycle, reset).
 - `make_guest`: a factory, `make_guest(append_extra="sysctl.kernel.unknown_nmi_panic=1")`, for
   guests with other settings; each is stopped at the end of its test.
-- `restored_guest` / `restored_shell`: a guest of the test's own, loaded in ~0.3 s from a
+- `restored_guest` / `restored_shell`: a guest of the test's own, loaded (a fraction of a second; README Speed) from a
   snapshot taken at a logged-in shell (made once, by booting and logging in, and cached across
   sessions). What a test does to it (panic, reboot, SysRq c) cannot reach the next test.
 
