@@ -21,6 +21,7 @@ import os
 import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import paths
+from . import forkserver, paths
 from .console_socket import open_console
 from .control import ControlClient
 from .errors import ERROR_CLASSES, GuestDied, GuestExists, SerconError, UnknownGuest
@@ -50,6 +51,15 @@ def check_name(name: str) -> str:
     if not NAME_RE.match(name):
         raise SerconError(f"invalid guest name {name!r}: use letters, digits, '.', '_' and '-' (max 63)")
     return name
+
+
+def owner_env() -> dict[str, str]:
+    """The environment an owner starts with (and that picks its fork server): this process's, with
+    `emulator` importable from wherever this process imported it (works from a checkout too)."""
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
 
 
 class Machine:
@@ -123,7 +133,8 @@ class Machine:
 
     def start(self, timeout: float = START_TIMEOUT) -> Machine:
         """Build the image if needed, start the owner and QEMU; returns once the guest is powered on."""
-        find_qemu()  # fail early with the package name
+        if not (self._overrides.get("host") or (self.spec is not None and self.spec.host)):
+            find_qemu()  # fail early with the package name (a libvirt host has its own QEMU)
         if self.spec is None:
             self.spec = resolve_image(str(self._spec_source), **self._overrides)
         elif self._overrides:
@@ -137,16 +148,40 @@ class Machine:
         self._prepare_folder(self.folder)
         spec_file = self.folder / "spec.json"
         write_private(spec_file, self.spec.to_json())
-        env = dict(os.environ)
-        # The owner imports `emulator` from wherever this process did (works from a checkout too).
-        pkg_root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        log_fd = os.open(self.folder / "owner.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        env = owner_env()
+        argv = ["--name", self.name, "--folder", str(self.folder), "--spec", str(spec_file),
+                *(["--from-snapshot", self.from_snapshot] if self.from_snapshot else []),
+                *(["--rfc2217"] if self.rfc2217 else [])]
+        log_path = self.folder / "owner.log"
+        warm = forkserver.start_owner(argv, env, log_path, timeout) if forkserver.enabled() else None
+        if warm is not None:
+            line, _pid = warm
+        else:
+            line = self._start_plain(argv, env, log_path, timeout)
+        if line.startswith("READY "):
+            self._started_here = True
+            return self
+        if line.startswith("ERROR "):
+            error = json.loads(line[6:])
+            deadline = time.monotonic() + 10
+            while self.is_running() and time.monotonic() < deadline:  # the owner is ending
+                time.sleep(0.02)
+            raise ERROR_CLASSES.get(error["type"], SerconError)(error["message"])
+        if warm is not None and warm[1]:
+            try:
+                os.kill(warm[1], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        log_tail = log_path.read_text(errors="replace")[-2000:] if log_path.exists() else ""
+        raise SerconError(f"the guest owner did not start within {timeout:.0f}s; owner.log ends:\n{log_tail}")
+
+    @staticmethod
+    def _start_plain(argv: list[str], env: dict[str, str], log_path: Path, timeout: float) -> str:
+        """`python -m emulator.daemon ...` in its own session; its report line ("" if none in time)."""
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         with os.fdopen(log_fd, "ab") as owner_log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "emulator.daemon", "--name", self.name, "--folder", str(self.folder),
-                 "--spec", str(spec_file), *(["--from-snapshot", self.from_snapshot] if self.from_snapshot else []),
-                 *(["--rfc2217"] if self.rfc2217 else [])],
+                [sys.executable, "-m", "emulator.daemon", *argv],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=owner_log,
                 start_new_session=True, env=env,
             )
@@ -154,16 +189,11 @@ class Machine:
         ready, _, _ = select.select([proc.stdout], [], [], timeout)
         line = proc.stdout.readline().decode() if ready else ""
         proc.stdout.close()
-        if line.startswith("READY "):
-            self._started_here = True
-            return self
         if line.startswith("ERROR "):
-            error = json.loads(line[6:])
             proc.wait(timeout=10)
-            raise ERROR_CLASSES.get(error["type"], SerconError)(error["message"])
-        proc.kill()
-        log_tail = (self.folder / "owner.log").read_text(errors="replace")[-2000:]
-        raise SerconError(f"the guest owner did not start within {timeout:.0f}s; owner.log ends:\n{log_tail}")
+        elif not line.startswith("READY "):
+            proc.kill()
+        return line
 
     @staticmethod
     def _prepare_folder(folder: Path) -> None:
