@@ -11,15 +11,15 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import firmware, snapshots
+from . import snapshots
 from .errors import ActionFailed, InvalidSysRqKey, SerconError
-from .qemu_args import SERIAL_ID, find_qemu
 from .state import State
 from .sysrq import parse_keys
 
 if TYPE_CHECKING:
-    from qemu.qmp import QMPClient
+    import contextlib
 
+    from .backend import Backend
     from .serial_log import SerialLog
     from .spec import GuestSpec
 
@@ -34,64 +34,35 @@ class Actions:
         folder: Path
         state: State
         boot: int
-        accel: str
         serial_log: SerialLog
         _reset_reason: str | None
 
         def record(self, event: str, **fields: Any) -> dict[str, Any]: ...
         def _set_state(self, state: State) -> None: ...
         def _notice_all(self, text: str) -> None: ...
-        def _require_running(self) -> QMPClient: ...
+        def _require_running(self) -> Backend: ...
         async def _qmp(self, command: str, args: dict[str, Any] | None = None) -> Any: ...
         async def _write_serial(self, data: bytes) -> None: ...
         async def _stop_qemu(self) -> None: ...
+        async def _snapshot_key(self) -> str: ...
         async def power_on(self, reason: str = "power on", snapshot: str | None = None) -> None: ...
-        _ram_file: str | None
-        async def _set_ignore_shared(self, on: bool) -> None: ...
-        def _ram_memfd(self) -> Path: ...
+        def listener(self, event: str) -> contextlib.AbstractContextManager[asyncio.Future[dict[str, Any]]]: ...
 
     async def save_snapshot(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """Save the running guest's whole state as snapshot `name`; the guest then carries on."""
-        self._require_running()
-        qemu = find_qemu()
-        key = snapshots.snapshot_key(self.spec, self.accel, qemu)
+        backend = self._require_running()
+        key = await self._snapshot_key()
         tmp = snapshots.prepare(name, key)
-        await self._qmp("stop")
-        shared_ram = self._ram_file is None  # booted: RAM in a memfd; restored: private file mapping
         try:
-            target = tmp / "state.bin"
-            await self._set_ignore_shared(shared_ram)
-            await self._qmp("migrate", {"uri": f"exec:cat > '{target}'"})
-            while True:
-                status = await self._qmp("query-migrate")
-                if status.get("status") == "completed":
-                    break
-                if status.get("status") in ("failed", "cancelled"):
-                    raise ActionFailed(f"saving snapshot {name!r} failed: {status.get('error-desc', status)}")
-                await asyncio.sleep(0.01)
-            overlay = self.folder / "overlay.qcow2"
-            if self.spec.disk and not (self.spec.disk_snapshot and overlay.exists()):
-                raise ActionFailed(
-                    f"snapshot of {self.name}: its disk is written in place; snapshots of disk guests need "
-                    "disk_snapshot=True (writes to a throw-away overlay that the snapshot can keep)"
-                )
-            if overlay.exists() and self.spec.disk:
-                # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
-                shutil.copyfile(overlay, tmp / "disk.qcow2")
-            if self.spec.firmware_vars:  # the UEFI variables go with the state, as the disk does
-                shutil.copyfile(self.folder / firmware.VARS_COPY, tmp / firmware.VARS_COPY)
-            if shared_ram:  # the guest is still stopped: its RAM cannot change under the copy
-                await asyncio.get_running_loop().run_in_executor(
-                    None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)
+            saved = await backend.save_state(tmp, name, key)
             snap = snapshots.commit(tmp, name, key, {
                 "boot": self.boot, "log_offset": self.serial_log.size, "image": self.spec.image,
-                "guest": self.name, "extra": extra or {}, "qemu": snapshots.qemu_version(qemu),
+                "guest": self.name, "extra": extra or {}, "qemu": backend.hypervisor_id(),
+                "backend": backend.kind, "host": self.spec.host, **saved,
             })
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        finally:
-            await self._qmp("cont")
         self.record("snapshot_saved", snapshot=name, size=snap.meta["size"])
         return snap.meta
 
@@ -130,10 +101,10 @@ class Actions:
 
     async def send_break(self) -> None:
         """A BREAK condition on the UART (what a SysRq key follows; RFC 2217 clients send these)."""
-        await self._qmp("chardev-send-break", {"id": SERIAL_ID})
+        await self._require_running().send_break()
 
     async def nmi(self) -> None:
-        await self._qmp("inject-nmi")
+        await self._require_running().nmi()
         self.record("nmi")
 
     async def reset(self) -> None:
@@ -144,26 +115,13 @@ class Actions:
         if self.state == "off":
             await self._reset_and_resume()
         else:
-            await self._qmp("system_reset")
-
-    async def _until_event(self, event: str, command: str, timeout: float) -> bool:
-        """Run QMP `command` and wait for QEMU `event` after it; False if it did not come in time.
-
-        A qemu.qmp listener registered before the command runs, so the event cannot slip past."""
-        qmp = self._require_running()
-        with qmp.listener(event) as listener:
-            await self._qmp(command)
-            try:
-                await asyncio.wait_for(listener.get(), timeout=timeout)
-            except TimeoutError:
-                return False
-        return True
+            await self._require_running().reset()
 
     async def _reset_and_resume(self) -> None:
-        # After a guest poweroff (-no-shutdown) QEMU refuses `cont` until a reset has happened.
-        if not await self._until_event("RESET", "system_reset", timeout=10):
-            raise ActionFailed("no RESET event after system_reset")
-        await self._qmp("cont")
+        try:
+            await self._require_running().resume_after_poweroff(self._reset_reason or "power on after a poweroff")
+        finally:
+            self._reset_reason = None  # a local QEMU's RESET took it; a libvirt host starts a new domain
         self._set_state(State.RUNNING)
 
     async def restart(self, timeout: float = 60.0) -> None:
@@ -177,7 +135,11 @@ class Actions:
         self._require_running()
         if self.state != "off":
             self.record("restart_requested", timeout=timeout)
-            if not await self._until_event("SHUTDOWN", "system_powerdown", timeout=timeout):
+            # Listening before the button is pressed, so the event cannot slip past.
+            with self.listener("SHUTDOWN") as shutdown:
+                await self._require_running().powerdown()
+                done, _ = await asyncio.wait({shutdown}, timeout=timeout)
+            if not done:
                 raise ActionFailed(
                     f"guest {self.name} did not power off within {timeout:.0f}s of the ACPI power button "
                     "(it needs the ACPI button driver and acpid or systemd-logind); use reset for a hard reset"
@@ -197,7 +159,7 @@ class Actions:
         """The screen as PNG at `path`, written by QEMU as this guest's user; recorded with who asked."""
         target = str(Path(path).resolve())
         try:
-            await self._qmp("screendump", {"filename": target, "format": "png"})
+            await self._require_running().screenshot(Path(target))
         except SerconError as exc:
             self.record("screenshot", path=target, uid=uid, ok=False, error=str(exc)[:200])
             raise

@@ -23,6 +23,7 @@ from .state import State
 from .trust import scrub_label
 
 if TYPE_CHECKING:
+    from .backend import Backend
     from .serial_log import SerialLog
     from .spec import GuestSpec
 
@@ -99,7 +100,7 @@ class ConsoleClients:
         serial_log: SerialLog
         clients: set[ConsoleClient]
         interactive: ConsoleClient | None
-        _serial_writer: asyncio.StreamWriter | None
+        backend: Backend
 
         def record(self, event: str, **fields: Any) -> dict[str, Any]: ...
 
@@ -108,11 +109,9 @@ class ConsoleClients:
             client.notice(text)
 
     async def _write_serial(self, data: bytes) -> None:
-        writer = self._serial_writer
-        if writer is None or self.state in ("dead", "stopped"):
+        if not self.backend.running or self.state in ("dead", "stopped"):
             raise GuestNotRunning(f"guest {self.name} is not running (state {self.state})")
-        writer.write(data)
-        await writer.drain()
+        await self.backend.write_serial(data)
 
     def attach(
         self, mode: ClientMode, label: str, writer: asyncio.StreamWriter, *,

@@ -89,6 +89,10 @@ class ControlServer:
                 await send_line(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError, ValueError):
             pass
+        except asyncio.CancelledError:
+            # The owner is ending with this client connected. asyncio (3.11) would log the
+            # cancelled handler as an "Exception in callback" in owner.log: end it quietly.
+            return
         finally:
             if pending is not None:
                 pending.cancel()

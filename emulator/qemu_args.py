@@ -1,8 +1,9 @@
 """The QEMU command line for a `GuestSpec`, and finding the QEMU binary.
 
-COM1 is QEMU's default `isa-serial` (a 16550A at 0x3F8, IRQ 4) on a socket chardev whose file
-descriptor the console owner already holds, so no byte is emitted before someone reads it.
-QMP arrives the same way. Nothing here starts a process: it is pure, and unit-tested.
+COM1 is QEMU's default `isa-serial` (a 16550A at 0x3F8, IRQ 4). Its chardev is either a socket
+whose file descriptor the caller already holds, or a pair of FIFOs the caller made and opened
+first (`pipe`, what the owner uses): either way no byte is emitted before someone reads it. QMP
+comes on a socket. Nothing here starts a process: it is pure, and unit-tested.
 """
 
 from __future__ import annotations
@@ -37,19 +38,35 @@ def find_qemu() -> str:
 RAM_ID = "pc.ram"
 
 
+def opt(value: str) -> str:
+    """`value` inside a QEMU option string (`key=value,...`): a comma is written twice."""
+    return value.replace(",", ",,")
+
+
+def serial_chardev(serial_fd: int | None, serial_pipe: str | None) -> str:
+    """COM1's `-chardev`: a socket on `serial_fd`, or QEMU's `pipe` backend on `serial_pipe`.in
+    (the guest's input, read by QEMU) and `serial_pipe`.out (the UART's output)."""
+    if (serial_fd is None) == (serial_pipe is None):
+        raise ValueError("COM1 needs exactly one of serial_fd and serial_pipe")
+    if serial_pipe is not None:
+        return f"pipe,id={SERIAL_ID},path={opt(serial_pipe)}"
+    return f"socket,id={SERIAL_ID},fd={serial_fd}"
+
+
 def ram_backend(memory_mb: int, ram_file: str | None = None) -> str:
     """The `-object` for guest RAM: a shared memfd, or a snapshot's RAM file mapped copy-on-write."""
     if ram_file is None:
         return f"memory-backend-memfd,id={RAM_ID},size={memory_mb}M,share=on"
-    return f"memory-backend-file,id={RAM_ID},size={memory_mb}M,mem-path={ram_file},share=off"
+    return f"memory-backend-file,id={RAM_ID},size={memory_mb}M,mem-path={opt(ram_file)},share=off"
 
 
 def qemu_args(
     spec: GuestSpec,
     *,
     accel: str,
-    serial_fd: int,
+    serial_fd: int | None = None,
     qmp_fd: int,
+    serial_pipe: str | None = None,
     name: str = "sercon",
     qemu: str = QEMU_BINARY,
     disk_overlay: str | None = None,
@@ -85,7 +102,7 @@ def qemu_args(
         # Panics are reported (GUEST_PANICKED) but QEMU leaves the guest alone: its own
         # kernel.panic setting decides whether it reboots.
         "-action", "panic=none",
-        "-chardev", f"socket,id={SERIAL_ID},fd={serial_fd}",
+        "-chardev", serial_chardev(serial_fd, serial_pipe),
         "-serial", f"chardev:{SERIAL_ID}",
         "-chardev", f"socket,id=qmp,fd={qmp_fd}",
         "-mon", "chardev=qmp,mode=control",
@@ -104,9 +121,9 @@ def qemu_args(
             args += ["-append", spec.append]
     if spec.disk and disk_overlay:
         # The owner's throw-away overlay (backed by the image): snapshots can save and restore it.
-        args += ["-drive", f"file={disk_overlay},if={spec.disk_interface},format=qcow2"]
+        args += ["-drive", f"file={opt(disk_overlay)},if={spec.disk_interface},format=qcow2"]
     elif spec.disk:
-        drive = f"file={spec.disk},if={spec.disk_interface}"
+        drive = f"file={opt(spec.disk)},if={spec.disk_interface}"
         if spec.disk_format:
             drive += f",format={spec.disk_format}"
         args += ["-drive", drive]
@@ -119,11 +136,11 @@ def qemu_args(
 def firmware_args(spec: GuestSpec, firmware_vars: str | None) -> list[str]:
     """UEFI as two flash chips: CODE read-only, VARS the guest's own copy (SMM-protected under Secure Boot)."""
     assert spec.firmware
-    args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={spec.firmware}"]
+    args = ["-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={opt(spec.firmware)}"]
     if firmware_vars:
-        args += ["-drive", f"if=pflash,format=raw,unit=1,file={firmware_vars}"]
+        args += ["-drive", f"if=pflash,format=raw,unit=1,file={opt(firmware_vars)}"]
     elif spec.firmware_vars:
-        args += ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={spec.firmware_vars}"]
+        args += ["-drive", f"if=pflash,format=raw,unit=1,readonly=on,file={opt(spec.firmware_vars)}"]
     if spec.secure_boot:
         # Only code running in SMM may write the variable store: what makes Secure Boot's keys stick.
         args += ["-global", "driver=cfi.pflash01,property=secure,value=on"]

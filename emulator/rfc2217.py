@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from serial import rfc2217
@@ -36,6 +37,24 @@ log = logging.getLogger("sercon.rfc2217")
 
 def escape_iac(data: bytes) -> bytes:
     return data.replace(b"\xff", b"\xff\xff")
+
+
+class PortManager(rfc2217.PortManager):  # type: ignore[misc]  # pyserial has no type hints
+    """pyserial's state machine, minus one crash: a Telnet SE with no SB before it raised
+    TypeError out of `filter` and ended the connection (found by the fuzz test). It is ignored,
+    as Telnet implementations do with a stray SE."""
+
+    mode: Any
+    suboption: bytearray | None
+
+    def filter(self, data: bytes) -> Iterator[bytes]:
+        for index in range(len(data)):
+            byte = data[index:index + 1]
+            if self.mode == rfc2217.M_IAC_SEEN and byte == rfc2217.SE and self.suboption is None:
+                self.mode = rfc2217.M_NORMAL
+                log.info("RFC 2217 client sent an SE without an SB: ignored")
+                continue
+            yield from super().filter(byte)
 
 
 class _PortAdapter:
@@ -122,7 +141,7 @@ class Rfc2217Server:
         peer = f"{peer_name[0]}:{peer_name[1]}" if peer_name else "unknown"
         label = f"rfc2217:{peer}"
         self.owner.record("rfc2217_connect", peer=peer, authenticated=False)
-        manager = rfc2217.PortManager(_PortAdapter(self.owner, peer), _Connection(writer))
+        manager = PortManager(_PortAdapter(self.owner, peer), _Connection(writer))
         client: ConsoleClient | None = None
         try:
             client = self.owner.attach("interactive", label, writer, notices=True, encode=escape_iac)

@@ -71,11 +71,34 @@ _QEMU_VERSIONS: dict[str, str] = {}
 
 
 def qemu_version(qemu: str) -> str:
+    """QEMU's version line and the binary's identity. `qemu --version` takes ~10 ms, and every
+    owner that restores a snapshot needs it: the answer is kept per binary version, in this
+    process and in the cache folder."""
     stat = os.stat(qemu)
     memo = f"{qemu}:{stat.st_size}:{stat.st_mtime_ns}"
-    if memo not in _QEMU_VERSIONS:
+    if memo in _QEMU_VERSIONS:
+        return _QEMU_VERSIONS[memo]
+    cache_file = paths.cache() / "qemu-versions.json"
+    try:
+        known = json.loads(cache_file.read_text())
+        if not isinstance(known, dict):
+            known = {}
+    except (OSError, ValueError):
+        known = {}
+    line = known.get(memo)
+    if not isinstance(line, str):
         out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout
-        _QEMU_VERSIONS[memo] = f"{out.splitlines()[0] if out else 'unknown'} ({memo})"
+        line = out.splitlines()[0] if out else "unknown"
+        if out:
+            known = {k: v for k, v in known.items() if os.path.exists(k.rsplit(":", 2)[0])} | {memo: line}
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(known))
+                tmp.replace(cache_file)
+            except OSError:
+                pass  # a read-only cache: asked again next time
+    _QEMU_VERSIONS[memo] = f"{line} ({memo})"
     return _QEMU_VERSIONS[memo]
 
 
@@ -86,10 +109,13 @@ def _file_identity(path: str | None) -> str | None:
     return f"{Path(path).resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
-def snapshot_key(spec: GuestSpec, accel: str, qemu: str) -> str:
-    """Hash of what a saved state depends on; anything else (policy, login) may differ."""
+def snapshot_key(spec: GuestSpec, accel: str, hypervisor: str) -> str:
+    """Hash of what a saved state depends on; anything else (policy, login) may differ.
+
+    `hypervisor` names the QEMU that saves and loads it (`Backend.hypervisor_id`: the local
+    binary's version, or a libvirt host's URI and QEMU version)."""
     hardware = {
-        "qemu": qemu_version(qemu),
+        "qemu": hypervisor,
         "accel": accel,
         "kernel": _file_identity(spec.kernel),
         "initrd": _file_identity(spec.initrd),
@@ -104,6 +130,8 @@ def snapshot_key(spec: GuestSpec, accel: str, qemu: str) -> str:
         "extra_args": spec.extra_args,
         "layout": LAYOUT,
     }
+    if spec.host:  # a libvirt host keeps the state: it restores there (added only then, as below)
+        hardware["host"] = spec.host
     if spec.firmware:  # added only for UEFI guests, so BIOS guests keep their snapshots' keys
         hardware.update(firmware=_file_identity(spec.firmware), firmware_vars=_file_identity(spec.firmware_vars),
                         secure_boot=spec.secure_boot)
@@ -206,8 +234,8 @@ def prepare(name: str, key: str) -> Path:
 
 def commit(tmp: Path, name: str, key: str, meta: dict[str, Any]) -> Snapshot:
     state = tmp / "state.bin"
-    meta = {**meta, "name": name, "key": key, "size": state.stat().st_size, "digest": digest(state),
-            "created": time.time(), "ram": "stream", "layout": LAYOUT}
+    meta = {"ram": "stream", **meta, "name": name, "key": key, "size": state.stat().st_size,
+            "digest": digest(state), "created": time.time(), "layout": LAYOUT}
     ram = tmp / RAM_FILE
     if ram.exists():
         meta.update(ram="file", ram_size=ram.stat().st_size, ram_digest=digest(ram))
@@ -221,6 +249,17 @@ def commit(tmp: Path, name: str, key: str, meta: dict[str, Any]) -> Snapshot:
 
 
 def discard(folder: Path) -> None:
+    """Remove a snapshot folder, and the state it keeps on a libvirt host, if any."""
+    meta_file = folder / "meta.json"
+    if meta_file.exists():
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            meta = {}
+        if meta.get("host_volume"):
+            from .libvirt_host import forget_host_snapshot
+
+            forget_host_snapshot(meta)
     if folder.exists():
         trash = folder.with_name(f".{folder.name}.{os.getpid()}.old")
         folder.rename(trash)
@@ -267,7 +306,8 @@ def stale(qemu: str | None = None) -> list[tuple[Path, str]]:
         if layout != LAYOUT:
             found.append((folder, f"snapshot format {layout}, this sercon loads {LAYOUT}"))
             continue
-        if current_qemu and meta.get("qemu") and meta["qemu"] != current_qemu:
+        local = meta.get("backend", "local") == "local"  # a libvirt host's QEMU is checked when it restores
+        if local and current_qemu and meta.get("qemu") and meta["qemu"] != current_qemu:
             found.append((folder, f"made by another QEMU ({meta['qemu'].split(' (')[0]})"))
             continue
         metas.append((meta, folder))

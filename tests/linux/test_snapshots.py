@@ -23,6 +23,11 @@ from harness.pytest_plugin import login
 pytestmark = pytest.mark.guest
 
 
+def local_ram_only(machine: Machine) -> None:
+    if machine.info()["backend"] != "local":
+        pytest.skip("RAM files and streams are the local backend's; a libvirt host keeps its own save file")
+
+
 def test_restored_guest_is_logged_in_and_recorded(restored_guest: Machine, restored_shell: LinuxShell) -> None:
     assert restored_shell.run("id -u").output == "0\n"
     assert restored_shell.run("cat /proc/tty/driver/serial | grep -c 16550A").output == "1\n"
@@ -95,6 +100,7 @@ def test_corrupt_and_foreign_snapshots_are_refused(restored_guest: Machine, serc
 def test_a_corrupt_ram_file_is_refused(restored_guest: Machine, sercon_spec: object) -> None:
     """One flipped byte of guest RAM is caught, though restores skip the RAM digest while the file is
     unchanged (its size, time and inode are remembered in ram.ok)."""
+    local_ram_only(restored_guest)
     key = restored_guest.info()["snapshot"]["key"]
     corrupt = folder_for("corrupt-ram", key)
     shutil.rmtree(corrupt, ignore_errors=True)
@@ -118,6 +124,7 @@ def test_a_snapshot_of_a_restored_guest_streams_its_ram(restored_guest: Machine,
                                                         sercon_spec: object) -> None:
     """A restored guest maps its RAM private, which QEMU cannot leave out of the stream: its own
     snapshot carries the RAM inside state.bin, and loads like any other."""
+    local_ram_only(restored_guest)
     restored_shell.run("echo second-generation > /tmp/generation")
     meta = restored_guest.snapshot("second-generation", nonce=restored_shell.nonce)
     assert meta["ram"] == "stream" and meta["size"] > 1_000_000
@@ -134,9 +141,12 @@ def test_a_snapshot_of_a_restored_guest_streams_its_ram(restored_guest: Machine,
 def test_snapshot_of_a_running_guest_and_cli_start(guest: Machine, shell: LinuxShell) -> None:
     shell.run("echo from-the-shared-guest > /tmp/snap-marker")
     meta = guest.snapshot("cli-test", nonce=shell.nonce)
-    # A booted guest's RAM is copied, not streamed: the stream holds the device state alone.
-    assert meta["ram"] == "file" and meta["ram_size"] == guest.spec.memory_mb << 20  # type: ignore[union-attr]
-    assert meta["size"] < meta["ram_size"] // 16 and meta["guest"] == guest.name
+    if guest.info()["backend"] == "libvirt":  # libvirt's save file, on the host that made it
+        assert meta["ram"] == "host" and meta["host_size"] > 1_000_000 and meta["host"] == guest.spec.host  # type: ignore[union-attr]
+    else:  # a booted guest's RAM is copied, not streamed: the stream holds the device state alone
+        assert meta["ram"] == "file" and meta["ram_size"] == guest.spec.memory_mb << 20  # type: ignore[union-attr]
+        assert meta["size"] < meta["ram_size"] // 16
+    assert meta["guest"] == guest.name
     assert shell.run("echo still-running").output == "still-running\n"  # saving did not stop it
     twin = Machine(guest.spec, name="twin", from_snapshot="cli-test").start()  # type: ignore[arg-type]
     try:

@@ -25,6 +25,18 @@ def test_kernel_guest_has_com1_on_the_passed_socket_and_qmp() -> None:
     assert "-cpu" not in args  # TCG keeps QEMU's default model
 
 
+def test_com1_on_fifos_and_commas_in_paths_are_escaped() -> None:
+    """The owner's COM1 is QEMU's `pipe` chardev; a path with a comma would otherwise end the option."""
+    spec = GuestSpec(disk="/images/a,b.qcow2", disk_format="qcow2")
+    args = qemu_args(spec, accel="tcg", serial_pipe="/home/x,y/guests/g/com1", qmp_fd=9)
+    assert args[args.index("-serial") - 1] == "pipe,id=com1,path=/home/x,,y/guests/g/com1"
+    assert any(a.startswith("file=/images/a,,b.qcow2,") for a in args)
+    with pytest.raises(ValueError):
+        qemu_args(spec, accel="tcg", serial_pipe="/p", serial_fd=3, qmp_fd=9)
+    with pytest.raises(ValueError):
+        qemu_args(spec, accel="tcg", qmp_fd=9)
+
+
 def test_kvm_uses_the_host_cpu_and_disk_options() -> None:
     spec = GuestSpec(disk="/d.qcow2", disk_format="qcow2", disk_interface="ide", disk_snapshot=True, pvpanic=False)
     args = qemu_args(spec, accel="kvm", serial_fd=3, qmp_fd=4)

@@ -88,6 +88,6 @@ def test_snapshot_key_covers_the_firmware_and_leaves_bios_keys_alone(fake_ovmf: 
     qemu.chmod(0o755)
     bios = GuestSpec(disk=disk, machine="q35")
     uefi = bios.replace(firmware=code, firmware_vars=variables)
-    keys = {snapshots.snapshot_key(s, "tcg", str(qemu))
+    keys = {snapshots.snapshot_key(s, "tcg", snapshots.qemu_version(str(qemu)))
             for s in (bios, uefi, uefi.replace(secure_boot=True), uefi.replace(firmware_vars=code))}
     assert len(keys) == 4  # a state saved under one firmware is never loaded under another

@@ -1,0 +1,516 @@
+"""The local backend: QEMU as a child process of the owner, COM1 on two FIFOs, QMP on a socket pair.
+
+The owner holds COM1 and QMP before QEMU starts, so no byte is emitted before someone reads it.
+QEMU gets SIGKILL if the owner dies (no orphan keeps running). Guest RAM is a shared memfd, so a
+snapshot copies it as it is instead of streaming it (see emulator/snapshots.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import fcntl
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from . import accel as accel_mod
+from . import firmware, snapshots
+from .backend import Backend
+from .errors import ActionFailed, GuestNotRunning, SerconError, SnapshotError
+from .qemu_args import SERIAL_ID, find_qemu, qemu_args
+
+if TYPE_CHECKING:
+    from .snapshots import Snapshot
+
+log = logging.getLogger("sercon.owner")
+
+#: COM1's output FIFO is asked for this capacity (best effort: the kernel caps it at
+#: fs.pipe-max-size and a user's total): room for a long burst while the owner is busy elsewhere.
+COM1_PIPE_BYTES = 1 << 20
+F_SETPIPE_SZ = 1031  # Linux's fcntl command; Python's fcntl module names it only from 3.10 on
+#: Output that streams (reads less than STREAM_GAP_S apart, more than STREAM_BYTES of them, faster
+#: than STREAM_RATE bytes/s: a burst, never an echo or a command's short answer) is read at most
+#: every STREAM_HOLD_S, so the owner wakes, logs and sends once per few KiB instead of per few bytes.
+#: The FIFO holds the output meanwhile: QEMU never waits. Off unless SERCON_SERIAL_PACE=1: twice,
+#: with pacing on (once on the old socket, once on these FIFOs), a UEFI guest reset just after a
+#: SysRq never sent another byte (QEMU's UART silent through three more boots, both FIFOs empty,
+#: the guest running). Not reproduced by hand; never seen with pacing off.
+STREAM_GAP_S = 0.001
+STREAM_BYTES = 4096
+STREAM_RATE = 150_000
+STREAM_HOLD_S = 0.005
+
+
+class Com1:
+    """COM1 of a local QEMU: two FIFOs in the guest's folder for QEMU's `pipe` chardev, `com1.out`
+    (the UART's output) and `com1.in` (the guest's input).
+
+    QEMU writes the UART's output a byte at a time. On a socket each byte is a buffer of its own
+    (about 770 bytes of kernel memory) that the reader frees one by one, and each send wakes the
+    reader: in a burst the owner spent more CPU in the kernel than QEMU spent running the guest,
+    and the guest ran slower. A pipe appends each byte to a page and wakes the reader only when it
+    was empty, so the owner takes what came while it was busy in one read.
+
+    Both FIFOs are opened here, read-write and non-blocking, before QEMU starts: no byte is lost,
+    and no end of file is seen when QEMU exits (the process watcher reports that)."""
+
+    def __init__(self, folder: Path, on_data: Callable[[bytes], None]) -> None:
+        self.path = folder / "com1"
+        self._on_data = on_data
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending = bytearray()
+        self._drained: list[asyncio.Future[None]] = []
+        self._reading = False
+        self.pace = os.environ.get("SERCON_SERIAL_PACE", "0") == "1"
+        # The current run of streaming output.
+        self.run_start = 0.0
+        self.run_last = 0.0
+        self.run_bytes = 0
+        fds: list[int] = []
+        try:
+            for suffix in (".in", ".out"):
+                fifo = Path(f"{self.path}{suffix}")
+                fifo.unlink(missing_ok=True)  # a previous power-on's: its unread bytes are not this boot's
+                os.mkfifo(fifo, 0o600)
+                os.chmod(fifo, 0o600)
+                fds.append(os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        self._in, self._out = fds
+        try:
+            fcntl.fcntl(self._out, F_SETPIPE_SZ, COM1_PIPE_BYTES)
+        except OSError:  # EPERM past the user's pipe quota: the default 64 KiB works too
+            pass
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._resume()
+
+    def _resume(self) -> None:
+        if self._loop is not None and not self._reading:
+            self._reading = True
+            self._loop.add_reader(self._out, self._read_ready)
+
+    def _read_ready(self) -> None:
+        try:
+            data = os.read(self._out, COM1_PIPE_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self._on_data(data)
+            if self.pace:
+                self._pace(len(data))
+
+    def _pace(self, size: int) -> None:
+        """In a burst, leave the FIFO unread for STREAM_HOLD_S: the next read takes it all."""
+        now = time.monotonic()
+        if now - self.run_last > STREAM_GAP_S:
+            self.run_start, self.run_bytes = now, 0
+        self.run_last = now
+        self.run_bytes += size
+        if self.run_bytes <= STREAM_BYTES or self.run_bytes <= STREAM_RATE * (now - self.run_start):
+            return
+        assert self._loop is not None
+        self._loop.remove_reader(self._out)
+        self._reading = False
+        self._loop.call_later(STREAM_HOLD_S, self._resume_run)
+
+    def _resume_run(self) -> None:
+        self.run_last = time.monotonic()  # the read this brings continues the run
+        self._resume()
+
+    def drain(self) -> None:
+        """Everything QEMU wrote that is not read yet (QEMU exited)."""
+        while True:
+            try:
+                data = os.read(self._out, COM1_PIPE_BYTES)
+            except OSError:  # BlockingIOError: nothing left
+                return
+            if not data:
+                return
+            self._on_data(data)
+
+    async def write(self, data: bytes) -> None:
+        """Send `data` to the guest, after every earlier write; returns once all of it is in the
+        FIFO (QEMU takes it as fast as the UART accepts it)."""
+        loop = self._loop
+        if loop is None:
+            raise GuestNotRunning("COM1 is closed: the guest is not running")
+        if not self._pending:
+            try:
+                data = data[os.write(self._in, data):]
+            except BlockingIOError:
+                pass
+            if not data:
+                return
+            loop.add_writer(self._in, self._write_ready)
+        self._pending += data
+        done = loop.create_future()
+        self._drained.append(done)
+        await done
+
+    def _write_ready(self) -> None:
+        try:
+            del self._pending[:os.write(self._in, self._pending)]
+        except BlockingIOError:
+            return
+        if not self._pending:
+            self._stop_writing(None)
+
+    def _stop_writing(self, error: Exception | None) -> None:
+        self._pending.clear()
+        if self._loop is not None:
+            self._loop.remove_writer(self._in)
+        waiting, self._drained = self._drained, []
+        for future in waiting:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    def close(self) -> None:
+        """Read what is left, stop, and remove the FIFOs (QEMU exited)."""
+        if self._loop is not None:
+            self.drain()
+            self._loop.remove_reader(self._out)
+            self._reading = False
+            self._stop_writing(GuestNotRunning("QEMU exited before the guest took this input"))
+            self._loop = None
+        for fd in (self._in, self._out):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for suffix in (".in", ".out"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+
+def _with_parent_death(args: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """QEMU's command and spawn options so that it gets SIGKILL if the owner dies (no orphan QEMU
+    keeps running), in its own session. util-linux's `setpriv --pdeathsig` does it in the child
+    before QEMU runs; a Python `preexec_fn` would do the same but makes the spawn fork the whole
+    owner (7 against 2.5 ms, measured), and a restore waits for it. Without setpriv, that way."""
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "KILL", "--", *args], {"start_new_session": True}
+    return args, {"preexec_fn": _die_with_parent}
+
+
+def _die_with_parent() -> None:
+    """In the QEMU child: get SIGKILL if the owner dies, so no orphan QEMU keeps running."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setsid()
+
+
+class LocalQemu(Backend):
+    kind = "local"
+    serial_id = SERIAL_ID
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.qemu_log_path = self.folder / "qemu.log"
+        self.proc: asyncio.subprocess.Process | None = None
+        self.qmp_client: QMPClient | None = None
+        self._com1: Com1 | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._expected_exit = False
+        self.exit_status: int | None = None
+        #: The snapshot RAM file the current QEMU maps private (None: RAM in a shared memfd).
+        self._ram_file: str | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def power_on(self, reason: str, snapshot: Snapshot | None = None) -> dict[str, Any]:
+        if self.proc is not None and self.proc.returncode is None:
+            raise SerconError("QEMU is already running for this guest")
+        qemu = find_qemu()
+        if not self.accel:
+            await self.choose_accel()
+        state_file = None
+        self._ram_file = None
+        backing: tuple[str, str | None] | None = (self.spec.disk, self.spec.disk_format) if self.spec.disk else None
+        if snapshot is not None:
+            state_file = snapshot.state.open("rb")
+            self._ram_file = str(snapshot.ram) if snapshot.ram else None
+            if (snapshot.folder / "disk.qcow2").exists():
+                backing = (str(snapshot.folder / "disk.qcow2"), "qcow2")
+        overlay = None
+        if self.spec.disk and self.spec.disk_snapshot and backing is not None:
+            overlay = await self._make_overlay(*backing)
+        vars_file = None
+        if self.spec.firmware_vars:  # UEFI: this power-on's own copy of the variable store
+            saved_vars = snapshot.folder / firmware.VARS_COPY if snapshot is not None else None
+            vars_file = firmware.vars_copy(self.spec.firmware_vars, self.folder, saved_vars)
+        com1 = Com1(self.folder, self.hooks.on_serial)
+        qmp_ours, qmp_qemu = socket.socketpair()
+        args = qemu_args(
+            self.spec, accel=self.accel, serial_pipe=str(com1.path), qmp_fd=qmp_qemu.fileno(),
+            name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None, ram_file=self._ram_file,
+            firmware_vars=str(vars_file) if vars_file else None,
+        )
+        pass_fds = [qmp_qemu.fileno()]
+        incoming = f"fd:{state_file.fileno()}" if state_file is not None else ""
+        if state_file is not None:
+            # With the RAM in a file, the stream needs x-ignore-shared set first: defer, then load.
+            args += ["-incoming", "defer" if self._ram_file else incoming]
+            pass_fds.append(state_file.fileno())
+        with self.qemu_log_path.open("ab") as qlog:
+            qlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {reason}: {' '.join(args)}\n".encode())
+            qlog.flush()
+            command, spawn = _with_parent_death(args)
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.DEVNULL, stdout=qlog, stderr=qlog, pass_fds=pass_fds, **spawn,
+                )
+            except BaseException:
+                com1.close()  # no QEMU to use the FIFOs: do not leave them, or their descriptors, behind
+                raise
+        qmp_qemu.close()
+        if state_file is not None:
+            state_file.close()
+        self._expected_exit = False
+        self.exit_status = None
+        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name if snapshot else None, qemu_pid=self.proc.pid)
+        com1.start()
+        self._com1 = com1
+        proc = self.proc
+        self._tasks = [asyncio.create_task(self._watch_process(proc), name="process")]
+        self.qmp_client = QMPClient(self.name)
+        try:
+            await asyncio.wait_for(self.qmp_client.connect(qmp_ours), timeout=30)
+        except (TimeoutError, QMPError, OSError) as exc:
+            await self.stop()
+            raise SerconError(
+                f"QEMU did not answer on QMP ({exc}); its own messages:\n{self._qemu_log_tail()}"
+            ) from exc
+        self._tasks.append(asyncio.create_task(self._pump_qmp_events(self.qmp_client), name="qmp-events"))
+        if snapshot is not None:
+            if self._ram_file:
+                await self._set_ignore_shared(True)
+                await self.qmp("migrate-incoming", {"uri": incoming})
+            await self._wait_restored(snapshot.name)
+        return {"qemu_pid": self.proc.pid}
+
+    async def choose_accel(self) -> None:
+        """KVM when it really boots guests here, else TCG (see emulator/accel.py)."""
+        self.accel, self.accel_reason = await asyncio.get_running_loop().run_in_executor(
+            None, accel_mod.choose_accel, self.spec.accel, find_qemu(), self.spec.kernel
+        )
+        log.info("%s: accelerator %s (%s)", self.name, self.accel, self.accel_reason)
+
+    @property
+    def running(self) -> bool:
+        return self.qmp_client is not None and self.proc is not None and self.proc.returncode is None
+
+    async def stop(self, graceful: bool = True) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            self._expected_exit = True
+            if graceful and self.qmp_client is not None:
+                try:
+                    await asyncio.wait_for(self.qmp_client.execute("quit"), timeout=5)
+                except (TimeoutError, QMPError, EOFError, OSError):
+                    pass
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=5)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        if self.qmp_client is not None:
+            try:
+                await self.qmp_client.disconnect()
+            except (QMPError, EOFError, OSError):
+                pass  # QEMU already gone: qemu.qmp raises EOFError here
+            self.qmp_client = None
+        for task in self._tasks:
+            task.cancel()
+        self._tasks = []
+
+    async def resume_after_poweroff(self, reason: str) -> None:
+        # After a guest poweroff (-no-shutdown) QEMU refuses `cont` until a reset has happened.
+        qmp = self._client()
+        with qmp.listener("RESET") as listener:
+            await self.qmp("system_reset")
+            try:
+                await asyncio.wait_for(listener.get(), timeout=10)
+            except TimeoutError as exc:
+                raise ActionFailed("no RESET event after system_reset") from exc
+        await self.qmp("cont")
+
+    def exit_text(self) -> str:
+        code = self.exit_status
+        if code is None:
+            return "unknown status"
+        return f"signal {-code}" if code < 0 else f"exit status {code}"
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(),
+                "qemu_pid": self.proc.pid if self.proc and self.proc.returncode is None else None}
+
+    # ------------------------------------------------------------- commands
+
+    def _client(self) -> QMPClient:
+        if not self.running or self.qmp_client is None:
+            raise GuestNotRunning(f"guest {self.name} is not running")
+        return self.qmp_client
+
+    async def qmp(self, command: str, args: dict[str, Any] | None = None) -> Any:
+        qmp = self._client()
+        try:
+            return await asyncio.wait_for(qmp.execute(command, args), timeout=30)
+        except (TimeoutError, QMPError, EOFError, OSError) as exc:
+            raise ActionFailed(f"QMP {command} failed: {exc}") from exc
+
+    async def write_serial(self, data: bytes) -> None:
+        com1 = self._com1
+        if com1 is None:
+            raise GuestNotRunning(f"guest {self.name} is not running")
+        await com1.write(data)
+
+    async def screenshot(self, path: Path) -> None:
+        await self.qmp("screendump", {"filename": str(path), "format": "png"})
+
+    # ------------------------------------------------------------ snapshots
+
+    def hypervisor_id(self) -> str:
+        return snapshots.qemu_version(find_qemu())
+
+    async def save_state(self, tmp: Path, snapshot: str, key: str) -> dict[str, Any]:
+        """Migration to `state.bin` with the guest stopped; a booted guest's RAM (a shared memfd)
+        is left out of the stream and copied sparse to `ram.bin`. The guest carries on after."""
+        await self.qmp("stop")
+        shared_ram = self._ram_file is None  # booted: RAM in a memfd; restored: private file mapping
+        try:
+            target = tmp / "state.bin"
+            await self._set_ignore_shared(shared_ram)
+            await self.qmp("migrate", {"uri": f"exec:cat > '{target}'"})
+            while True:
+                status = await self.qmp("query-migrate")
+                if status.get("status") == "completed":
+                    break
+                if status.get("status") in ("failed", "cancelled"):
+                    raise ActionFailed(f"saving snapshot {snapshot!r} failed: {status.get('error-desc', status)}")
+                await asyncio.sleep(0.01)
+            overlay = self.folder / "overlay.qcow2"
+            if self.spec.disk and not (self.spec.disk_snapshot and overlay.exists()):
+                raise ActionFailed(
+                    f"snapshot of {self.name}: its disk is written in place; snapshots of disk guests need "
+                    "disk_snapshot=True (writes to a throw-away overlay that the snapshot can keep)"
+                )
+            if overlay.exists() and self.spec.disk:
+                # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
+                shutil.copyfile(overlay, tmp / "disk.qcow2")
+            if self.spec.firmware_vars:  # the UEFI variables go with the state, as the disk does
+                shutil.copyfile(self.folder / firmware.VARS_COPY, tmp / firmware.VARS_COPY)
+            if shared_ram:  # the guest is still stopped: its RAM cannot change under the copy
+                await asyncio.get_running_loop().run_in_executor(
+                    None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)
+        finally:
+            await self.qmp("cont")
+        return {}
+
+    async def _set_ignore_shared(self, on: bool) -> None:
+        """x-ignore-shared: migration leaves shared RAM (the memfd) out of the stream."""
+        await self.qmp("migrate-set-capabilities",
+                       {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
+
+    def _ram_memfd(self) -> Path:
+        """QEMU's memfd holding the guest RAM, as /proc/PID/fd/N."""
+        assert self.proc is not None
+        fds = Path(f"/proc/{self.proc.pid}/fd")
+        size = self.spec.memory_mb << 20
+        for fd in fds.iterdir():
+            try:  # QEMU names the memfd after the backend's type; the size tells the RAM's apart
+                if os.readlink(fd).startswith("/memfd:memory-backend-memfd") and fd.stat().st_size == size:
+                    return fd
+            except OSError:
+                continue
+        raise ActionFailed(f"the RAM of {self.name} is not in a memfd (QEMU {self.proc.pid})")
+
+    async def _make_overlay(self, backing: str, backing_format: str | None) -> Path:
+        """A fresh qcow2 overlay in the guest folder: the guest's writes never reach `backing`."""
+        overlay = self.folder / "overlay.qcow2"
+        overlay.unlink(missing_ok=True)
+        if not backing_format:  # qemu-img insists on knowing it; qcow2 files say so in their first bytes
+            with open(backing, "rb") as fh:
+                backing_format = "qcow2" if fh.read(4) == b"QFI\xfb" else "raw"
+        command = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", backing_format]
+        proc = await asyncio.create_subprocess_exec(
+            *command, str(overlay), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise SerconError(f"qemu-img could not make an overlay on {backing} (apt-get install qemu-utils): "
+                              f"{out.decode(errors='replace').strip()}")
+        return overlay
+
+    async def _wait_restored(self, snapshot: str) -> None:
+        """QEMU loads the state, then runs the guest by itself; a bad stream makes it exit."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.returncode is not None:
+                break
+            try:
+                status = await self.qmp("query-status")
+            except ActionFailed:
+                break
+            if status.get("status") == "paused":
+                # The state was saved from a stopped guest (save_state stops it first), and
+                # QEMU keeps that run state after loading: start it.
+                await self.qmp("cont")
+                continue
+            if status.get("status") == "running":
+                return
+            await asyncio.sleep(0.005)
+        await self.stop(graceful=False)
+        raise SnapshotError(
+            f"QEMU could not load snapshot {snapshot!r} (it is corrupt or foreign; it will be rebuilt):\n"
+            f"{self._qemu_log_tail(4)}"
+        )
+
+    def _qemu_log_tail(self, lines: int = 10) -> str:
+        try:
+            text = self.qemu_log_path.read_text(errors="replace")
+        except OSError:
+            return "(no qemu.log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --------------------------------------------------------------- events
+
+    async def _pump_qmp_events(self, qmp: QMPClient) -> None:
+        try:
+            async for event in qmp.events:
+                data = event.get("data")
+                self.hooks.on_qemu_event(str(event["event"]), data if isinstance(data, dict) else {})
+        except (QMPError, EOFError, OSError, asyncio.CancelledError):
+            return
+
+    async def _watch_process(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if proc is not self.proc:
+            return
+        self.exit_status = code
+        if self._com1 is not None:
+            self._com1.close()
+            self._com1 = None
+        if self._expected_exit:
+            return
+        how = f"signal {-code}" if code < 0 else f"exit status {code}"
+        self.hooks.on_exit(how, self._qemu_log_tail(5))
