@@ -12,12 +12,19 @@ PYTEST_ARGS ?=
 # compressed the way distributions ship them; e2fsprogs' debugfs and fdisk's sfdisk read disks offline);
 # UEFI guests: ovmf (firmware), grub-efi-amd64-bin, grub-efi-amd64-signed + shim-signed (Secure Boot
 # chain), dosfstools + mtools (the EFI system partition, without a loop mount), swtpm (a vTPM).
+# The libvirt backend: libvirt-daemon (libvirtd, virtlogd, and virt-ssh-helper, the remote end of
+# qemu+ssh://) with its QEMU driver, libvirt-clients (virsh), libvirt-dev + pkg-config + python3-dev
+# (pip builds libvirt-python), openssh-server (a loopback sshd for the qemu+ssh:// tests),
+# netcat-openbsd (the remote end libvirt falls back to without virt-ssh-helper; only recommended).
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static openssl python3-venv \
                 mmdebstrap e2fsprogs fdisk grub-pc-bin chromium gcc libc6-dev cpio openssh-client zstd xz-utils \
-                ovmf grub-efi-amd64-bin grub-efi-amd64-signed shim-signed swtpm dosfstools mtools
+                ovmf grub-efi-amd64-bin grub-efi-amd64-signed shim-signed swtpm dosfstools mtools \
+                libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config python3-dev \
+                openssh-server netcat-openbsd
 
 .PHONY: setup system-packages images test test-unit test-linux test-images test-drills test-windows lint bench \
-        clean clean-cache
+        test-libvirt test-libvirt-hosts \
+        libvirt-local clean clean-cache
 
 setup: $(STAMP)
 
@@ -78,6 +85,24 @@ test-windows: images
 test: images
 	$(PY) -m pytest tests -v -p no:cacheprovider --ignore=tests/bench $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-drills
+	@$(MAKE) --no-print-directory test-libvirt-hosts
+
+# Guests on libvirt hosts: the backend's own tests, then the console-path, power and snapshot suites
+# again with every guest on a libvirt host: the local daemon (qemu:///system), and the same daemon
+# through a real sshd on 127.0.0.1 (qemu+ssh://, a second "host" on one machine).
+LIBVIRT_SUITES ?= tests/linux/test_console_path.py tests/linux/test_power.py tests/linux/test_snapshots.py
+test-libvirt: images libvirt-local
+	$(PY) -m pytest tests/libvirt -v -p no:cacheprovider $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-libvirt-hosts
+
+test-libvirt-hosts: images libvirt-local
+	$(PY) -m pytest $(LIBVIRT_SUITES) -v -p no:cacheprovider --sercon-host qemu:///system $(PYTEST_ARGS)
+	$(PY) -m emulator.ssh_loopback -- $(PY) -m pytest $(LIBVIRT_SUITES) -v -p no:cacheprovider \
+	  --sercon-host '{uri}' $(PYTEST_ARGS)
+
+# A local libvirt host without systemd (virtlogd, libvirtd, the `sercon` pool), as root; prints its URI.
+libvirt-local: setup
+	$(PY) -m emulator.libvirt_local
 
 lint: setup
 	$(VENV)/bin/ruff check emulator harness tests

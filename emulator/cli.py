@@ -32,6 +32,7 @@ from typing import Any
 from . import images, paths
 from .errors import ConsoleBusy, SerconError, UnknownGuest
 from .escape import Command, Data, EscapeParser, Unknown, help_text
+from .host_uri import display
 from .machine import Machine
 from .operations import OPERATIONS, lookup
 from .protocol import FrameDecoder
@@ -49,10 +50,11 @@ def _machine(name: str) -> Machine:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    find_qemu()  # before any image build: say which package is missing first
+    if not args.host:
+        find_qemu()  # before any image build: say which package is missing first
     overrides: dict[str, Any] = {
         "memory_mb": args.memory, "cpus": args.cpus, "accel": args.accel, "policy": args.policy,
-        "machine": args.machine,
+        "machine": args.machine, "host": args.host,
     }
     if args.kernel or args.disk:
         from .spec import GuestSpec
@@ -115,9 +117,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
             info = Machine(name=name).info()
         except SerconError:
             continue
-        rows.append([name, info["state"], info["boot"], info["accel"], info.get("image"),
+        rows.append([name, info["state"], info["boot"], info.get("host") or "local", info["accel"], info.get("image"),
                      info.get("rfc2217_port"), info.get("interactive")])
-    print_table(["NAME", "STATE", "BOOT", "ACCEL", "IMAGE", "RFC2217", "INTERACTIVE"], rows)
+    print_table(["NAME", "STATE", "BOOT", "HOST", "ACCEL", "IMAGE", "RFC2217", "INTERACTIVE"], rows)
     return 0
 
 
@@ -225,11 +227,13 @@ def cmd_snapshots(args: argparse.Namespace) -> int:
     found = list_snapshots()
     if not found:
         print("no snapshots; save one with `sercon snapshot GUEST NAME`")
-    rows = [[meta["name"], meta.get("image"), f"{size_on_disk(Path(meta['folder'])) / 1e6:.0f} MB",
-             time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0))), meta.get("guest"), meta["key"]]
+    rows = [[meta["name"], meta.get("image"),
+             f"{(meta.get('host_size') or size_on_disk(Path(meta['folder']))) / 1e6:.0f} MB",
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(meta.get("created", 0))), meta.get("guest"),
+             display(meta["host"]) if meta.get("host") else "local", meta["key"]]
             for meta in found]
     if rows:
-        print_table(["NAME", "IMAGE", "SIZE", "MADE", "FROM GUEST", "KEY"], rows)
+        print_table(["NAME", "IMAGE", "SIZE", "MADE", "FROM GUEST", "HOST", "KEY"], rows)
     return 0
 
 
@@ -425,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--memory", type=int, help="memory in MiB")
     up.add_argument("--cpus", type=int)
     up.add_argument("--machine", help="QEMU machine type (default pc)")
+    up.add_argument("--host", metavar="URI",
+                    help="run QEMU on this libvirt host (qemu:///system, qemu+ssh://[user@]host/system); "
+                         "the console owner stays here")
     up.add_argument("--accel", choices=("auto", "tcg", "kvm"))
     up.add_argument("--policy", choices=("takeover", "reject"), help="second interactive user: take over or refuse")
     up.add_argument("--from-snapshot", metavar="NAME", help="load a saved snapshot instead of booting")

@@ -46,6 +46,9 @@ class GuestSpec:
     extra_args: list[str] = field(default_factory=list)
     #: Who may type when two interactive clients want the console: Azure takes over, AWS rejects.
     policy: Policy = "takeover"
+    #: Where QEMU runs: a libvirt URI (`qemu:///system`, `qemu+ssh://host/system`); None is a QEMU
+    #: process on this machine. The owner (log, clients, events) is local either way.
+    host: str | None = None
     #: Informational: the recipe this came from and the login it was built with.
     image: str | None = None
     user: str | None = None
@@ -82,6 +85,10 @@ class GuestSpec:
             raise SerconError("cpus must be at least 1")
         if self.accel not in ("auto", "tcg", "kvm"):
             raise SerconError(f"accel must be auto, tcg or kvm, not {self.accel!r}")
+        if self.host is not None:
+            from .host_uri import check_host_uri
+
+            check_host_uri(self.host)
         if self.policy not in ("takeover", "reject"):
             raise SerconError(f"policy must be takeover or reject, not {self.policy!r}")
 

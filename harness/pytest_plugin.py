@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 from emulator import DEFAULT_IMAGE, GuestSpec, Machine, resolve_image
+from emulator.host_uri import check_host_uri, display
 
 from .console import Console
 from .linux import LinuxShell
@@ -45,6 +46,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sercon", "sercon virtual serial console")
     group.addoption("--sercon-image", default=os.environ.get("SERCON_IMAGE", DEFAULT_IMAGE),
                     help="image recipe name or kernel/disk path for the guest fixtures (default: %(default)s)")
+    group.addoption("--sercon-host", action="append", default=None, metavar="URI",
+                    help="run the guest fixtures' QEMU on this libvirt host (qemu:///system, "
+                         "qemu+ssh://[user@]host/system); repeat it to spread xdist workers over several hosts "
+                         "(default: $SERCON_HOST, space-separated; none: QEMU on this machine)")
     group.addoption("--sercon-accel", choices=("auto", "tcg", "kvm"), default=None,
                     help="accelerator for guests (default: $SERCON_ACCEL or auto-probe)")
     group.addoption("--sercon-home", default=None, help="SERCON_HOME for test guests (default: a temporary folder)")
@@ -84,9 +89,32 @@ def sercon_home(request: pytest.FixtureRequest) -> Iterator[Path]:
         os.environ["SERCON_HOME"] = previous
 
 
+def sercon_hosts(config: pytest.Config) -> list[str]:
+    """The libvirt hosts given with --sercon-host (or $SERCON_HOST); empty: QEMU on this machine."""
+    hosts: list[str] = config.getoption("--sercon-host") or os.environ.get("SERCON_HOST", "").split()
+    return hosts
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    hosts = sercon_hosts(config)
+    return f"sercon hosts: {', '.join(display(h) for h in hosts)}" if hosts else None
+
+
 @pytest.fixture(scope="session")
-def sercon_spec(request: pytest.FixtureRequest) -> GuestSpec:
-    return resolve_image(str(request.config.getoption("--sercon-image")))
+def sercon_host(request: pytest.FixtureRequest) -> str | None:
+    """This session's (or this xdist worker's) libvirt host: worker gwN takes host N modulo their
+    number, so `-n 4 --sercon-host A --sercon-host B` runs two workers' share of the suite on each."""
+    hosts = sercon_hosts(request.config)
+    if not hosts:
+        return None
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    return check_host_uri(hosts[index % len(hosts)])
+
+
+@pytest.fixture(scope="session")
+def sercon_spec(request: pytest.FixtureRequest, sercon_host: str | None) -> GuestSpec:
+    return resolve_image(str(request.config.getoption("--sercon-image")), host=sercon_host)
 
 
 def _guest_name(request: pytest.FixtureRequest) -> str:

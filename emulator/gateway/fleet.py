@@ -8,6 +8,8 @@ A fleet file is TOML (see `examples/fleet.toml`):
     ssh_port = 8022               # SSH front end (0: off)
     console_enabled = true        # false: every console is refused (boot diagnostics stay)
     idle_timeout = 900            # seconds without input before a console session ends
+    consoles_per_user = 8         # open consoles one user may hold (all VMs)
+    consoles_per_vm = 16          # open consoles one VM serves (all users)
     cert = "server.crt"           # optional; relative to the fleet file. Default: self-signed, generated once
     key = "server.key"
     audit_log = "audit.jsonl"     # optional; default $SERCON_HOME/serve/<fleet>/audit.jsonl
@@ -18,11 +20,13 @@ A fleet file is TOML (see `examples/fleet.toml`):
     console = true                # false: this VM's console is disabled
     rfc2217 = false               # true: also an unauthenticated RFC 2217 port on 127.0.0.1 (see below)
     memory_mb = 256               # any other GuestSpec field
+    host = "qemu+ssh://lab1/system"  # QEMU on this libvirt host (default: a process here)
     roles = { alice = "owner", bob = "contributor", carol = "reader" }
 
     [scale_sets.pool]             # N instances of one spec, addressed as pool/0, pool/1, ...
     image = "linux-initramfs"
     instances = 2
+    hosts = ["qemu:///system", "qemu+ssh://lab1/system"]  # instance i on hosts[i % len]
     roles = { bob = "contributor" }
 
     [users.alice]
@@ -59,9 +63,14 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 }
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 #: Keys of a VM / scale-set table that are not GuestSpec fields.
-FLEET_KEYS = {"image", "roles", "console", "instances", "rfc2217"}
+FLEET_KEYS = {"image", "roles", "console", "instances", "rfc2217", "hosts"}
 SERVE_KEYS = {"host", "port", "ssh_port", "console_enabled", "idle_timeout", "cert", "key", "audit_log",
-              "ssh_host_key"}
+              "ssh_host_key", "consoles_per_user", "consoles_per_vm"}
+#: Default caps on open consoles: per user (all VMs) and per VM (all users).
+CONSOLES_PER_USER = 8
+CONSOLES_PER_VM = 16
+#: The largest cap a fleet file may set (each console is a socket and a task in the owner).
+CONSOLES_MAX = 1000
 
 
 class FleetError(SerconError):
@@ -102,6 +111,8 @@ class Fleet:
     ssh_port: int = 8022
     console_enabled: bool = True
     idle_timeout: float = 900.0
+    consoles_per_user: int = CONSOLES_PER_USER
+    consoles_per_vm: int = CONSOLES_PER_VM
     cert: Path | None = None
     key: Path | None = None
     audit_log: Path | None = None
@@ -180,7 +191,33 @@ def _spec_overrides(path: Path, where: str, table: dict[str, Any]) -> dict[str, 
     policy = overrides.get("policy", "takeover")
     if policy not in ("takeover", "reject"):
         raise _fail(path, where, f"policy must be takeover or reject, not {policy!r}")
+    if "host" in overrides:
+        overrides["host"] = _host(path, where, overrides["host"])
     return overrides
+
+
+def _host(path: Path, where: str, value: Any) -> str:
+    from ..host_uri import check_host_uri
+
+    if not isinstance(value, str):
+        raise _fail(path, where, f"host must be a libvirt URI in quotes, not {value!r}")
+    try:
+        return check_host_uri(value)
+    except SerconError as exc:
+        raise _fail(path, where, str(exc)) from exc
+
+
+def _hosts(path: Path, where: str, table: dict[str, Any]) -> list[str]:
+    """A scale set's `hosts = [...]`: its instances are spread over them in turn."""
+    raw = table.get("hosts")
+    if raw is None:
+        return []
+    if "host" in table:
+        raise _fail(path, where, "give host (all instances on one host) or hosts (spread over several), not both")
+    if not isinstance(raw, list) or not raw:
+        raise _fail(path, where, 'hosts must be a list of libvirt URIs, e.g. ["qemu:///system", '
+                    '"qemu+ssh://b/system"]')
+    return [_host(path, where, item) for item in raw]
 
 
 def load_fleet(path: str | Path) -> Fleet:
@@ -220,6 +257,12 @@ def load_fleet(path: str | Path) -> Fleet:
     idle = float(_typed(path, "[serve]", serve, "idle_timeout", (int, float), 900, "a number of seconds"))
     if not 1 <= idle <= 7 * 24 * 3600:
         raise _fail(path, "[serve]", f"idle_timeout must be from 1 to 604800 seconds, not {idle:g}")
+    def cap(key: str, default: int) -> int:
+        value = int(_typed(path, "[serve]", serve, key, int, default, f"a whole number from 1 to {CONSOLES_MAX}"))
+        if not 1 <= value <= CONSOLES_MAX:
+            raise _fail(path, "[serve]", f"{key} must be a whole number from 1 to {CONSOLES_MAX}, not {value}")
+        return value
+
     fleet = Fleet(
         path=path,
         host=text(serve, "[serve]", "host") or "127.0.0.1",
@@ -227,6 +270,8 @@ def load_fleet(path: str | Path) -> Fleet:
         ssh_port=port("ssh_port", 8022),
         console_enabled=_bool(path, "[serve]", serve, "console_enabled", True),
         idle_timeout=idle,
+        consoles_per_user=cap("consoles_per_user", CONSOLES_PER_USER),
+        consoles_per_vm=cap("consoles_per_vm", CONSOLES_PER_VM),
         cert=rel(text(serve, "[serve]", "cert")),
         key=rel(text(serve, "[serve]", "key")),
         audit_log=rel(text(serve, "[serve]", "audit_log")),
@@ -268,6 +313,8 @@ def load_fleet(path: str | Path) -> Fleet:
         if not NAME_RE.match(name):
             raise _fail(path, where, "VM names are letters, digits, '.', '_' and '-' (max 63), "
                         "starting with a letter or digit")
+        if "hosts" in table:
+            raise _fail(path, where, "hosts (a spread over several hosts) is for scale sets; a VM has one host")
         add(Vm(name=name, guest_name=name, image=text(table, where, "image") or "linux-initramfs",
                overrides=_spec_overrides(path, where, table), roles=_roles(path, where, table.get("roles"), users_raw),
                console=_bool(path, where, table, "console", True), rfc2217=_bool(path, where, table, "rfc2217", False)))
@@ -280,11 +327,13 @@ def load_fleet(path: str | Path) -> Fleet:
             raise _fail(path, where, "instances must be a whole number from 1 to 100")
         roles = _roles(path, where, table.get("roles"), users_raw)
         overrides = _spec_overrides(path, where, table)
+        spread = _hosts(path, where, table)
         fleet.scale_sets[name] = []
         for index in range(count):
             vm = Vm(name=f"{name}/{index}", guest_name=f"{name}-{index}",
                     image=text(table, where, "image") or "linux-initramfs",
-                    overrides=dict(overrides), roles=dict(roles), console=_bool(path, where, table, "console", True),
+                    overrides={**overrides, **({"host": spread[index % len(spread)]} if spread else {})},
+                    roles=dict(roles), console=_bool(path, where, table, "console", True),
                     scale_set=name, rfc2217=_bool(path, where, table, "rfc2217", False))
             add(vm)
             fleet.scale_sets[name].append(vm.name)

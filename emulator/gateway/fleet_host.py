@@ -45,9 +45,6 @@ PASTE_CAP = 2048
 LOG_PAGE_MAX = 1024 * 1024
 #: Most console output a (re)connecting client gets replayed; older output is in the serial log API.
 REPLAY_MAX = 256 * 1024
-#: Open consoles one user may hold (all VMs), and one VM may serve (all users).
-CONSOLES_PER_USER = 8
-CONSOLES_PER_VM = 16
 #: The actions the gateway offers (`POST /api/vms/{vm}/{name}`), from the operations table.
 ACTIONS: dict[str, Operation] = gateway_operations()
 
@@ -87,8 +84,11 @@ def status_of(exc: SerconError) -> tuple[int, str]:
 STREAM_GAP_S = 0.01
 #: ...if the last read brought at least this many bytes (an echo is a few bytes)...
 COALESCE_MIN = 64
-#: ...during which each read first lets output gather for this long.
+#: ...during which each read first lets output gather for this long (the user who types)...
 COALESCE_S = 0.01
+#: ...or this long for a read-only viewer: 20 screen updates a second in a burst, so 20 viewers of
+#: one guest cost the gateway (and their browsers) a fifth of the frames and TLS records.
+COALESCE_VIEWER_S = 0.05
 
 
 @dataclass(eq=False)
@@ -131,14 +131,16 @@ class ConsoleConnection:
         """Guest output in as few pieces as keeps it prompt, until the stream ends.
 
         A keystroke's echo goes out at once; during a burst (reads of `COALESCE_MIN` bytes or more,
-        less than `STREAM_GAP_S` apart) each read waits `COALESCE_S` first, so one websocket frame
-        or TLS record carries kilobytes instead of a few bytes. Session events from the owner
+        less than `STREAM_GAP_S` apart) each read waits `COALESCE_S` first (`COALESCE_VIEWER_S`
+        for a read-only viewer), so one websocket frame or TLS record carries kilobytes instead
+        of a few bytes. Session events from the owner
         (takeover) are taken from their frames here, never from the guest's bytes."""
         decoder = FrameDecoder()
         last, size = 0.0, 0
+        gather = COALESCE_VIEWER_S if self.mode == "read" else COALESCE_S
         while True:
             if size >= COALESCE_MIN and time.monotonic() - last < STREAM_GAP_S:
-                await asyncio.sleep(COALESCE_S)
+                await asyncio.sleep(gather)
             try:
                 raw = await self.reader.read(limit)
             except ConnectionError:
@@ -345,10 +347,11 @@ class FleetHost:
         vm = self.authorize(user, vm_name, "console", source, via)
         self.check_console_enabled(vm, user, source, via)
         mine = sum(1 for conns in self.connections.values() for c in conns if c.user == user)
-        if mine >= CONSOLES_PER_USER or len(self.connections.get(vm.name, ())) >= CONSOLES_PER_VM:
+        per_user, per_vm = self.fleet.consoles_per_user, self.fleet.consoles_per_vm
+        if mine >= per_user or len(self.connections.get(vm.name, ())) >= per_vm:
             self.audit.write("console_refused", user=user, vm=vm.name, source=source, via=via, reason="too many")
-            limit = (f"{user!r} has {mine} consoles open (at most {CONSOLES_PER_USER})" if mine >= CONSOLES_PER_USER
-                     else f"{vm.name} has {CONSOLES_PER_VM} consoles open, the most it serves")
+            limit = (f"{user!r} has {mine} consoles open (at most {per_user})" if mine >= per_user
+                     else f"{vm.name} has {per_vm} consoles open, the most it serves")
             raise AccessError(f"{limit}; close one first", 429, "too_many_consoles")
         label = f"{via}:{user}@{source}"
         holder = None

@@ -196,6 +196,7 @@ class WebConsole:
         return {
             "name": vm.name, "guest": vm.guest_name, "scale_set": vm.scale_set, "image": vm.image,
             "state": info.get("state"), "boot": info.get("boot"), "policy": vm.policy,
+            "host": info.get("host") or "local",
             "console_enabled": host.console_open(vm), "console_in_use": bool(info.get("interactive")),
             "log_size": info.get("log_size"), "role": role,
             "permissions": sorted(PERMISSIONS[role]) if role else [],

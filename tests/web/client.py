@@ -109,8 +109,19 @@ class WsReader:
         self.frames: list[dict[str, Any]] = []
         self.closed = False
 
+    async def drain(self, quiet: float = 0.5) -> None:
+        """Read until the console has been quiet for `quiet` seconds (or closed)."""
+        while not self.closed:
+            try:
+                await self.pump_once(quiet)
+            except TimeoutError:
+                return
+
     async def pump_once(self, timeout: float) -> None:
-        msg = await self.ws.receive(timeout=timeout)
+        # At most 10 s per receive: aiohttp (3.14) starts a receive's timeout again after each ping
+        # it answers, and the server pings every 30 s (heartbeat), so a longer timeout never fires
+        # on a silent console. The callers loop until their own deadline.
+        msg = await self.ws.receive(timeout=min(timeout, 10.0))
         if msg.type == aiohttp.WSMsgType.BINARY:
             self.data += msg.data
         elif msg.type == aiohttp.WSMsgType.TEXT:

@@ -55,6 +55,9 @@ def test_fleet_file_errors_name_the_entry(tmp_path: Path) -> None:
         '[serve]\nssh_port = 70000\n[vms.a]\n': "ssh_port must be a port number from 0 to 65535",
         '[serve]\nidle_timeout = true\n[vms.a]\n': "idle_timeout must be a number of seconds",
         '[scale_sets.s]\ninstances = true\n': "instances must be a whole number",
+        '[serve]\nconsoles_per_user = "20"\n[vms.a]\n': "consoles_per_user must be a whole number from 1 to",
+        '[serve]\nconsoles_per_vm = 0\n[vms.a]\n': "consoles_per_vm must be a whole number from 1 to 1000, not 0",
+        '[serve]\nconsoles_per_vm = 2.5\n[vms.a]\n': "consoles_per_vm must be a whole number",
         '[vms.a]\nimage = 5\n': "image must be a string",
         'vms = 5\n': "each entry must be a table",
     }
@@ -63,7 +66,11 @@ def test_fleet_file_errors_name_the_entry(tmp_path: Path) -> None:
         with pytest.raises(FleetError) as info:
             load_fleet(fleet)
         assert message in str(info.value) and str(fleet) in str(info.value), (text, info.value)
+    fleet.write_text('[serve]\nconsoles_per_user = 40\nconsoles_per_vm = 50\n[vms.a]\n')
+    caps = load_fleet(fleet)
+    assert (caps.consoles_per_user, caps.consoles_per_vm) == (40, 50)
     example = load_fleet(Path(__file__).resolve().parents[2] / "examples" / "fleet.toml")
+    assert (example.consoles_per_user, example.consoles_per_vm) == (8, 16)
     assert list(example.vms) == ["web1", "web2", "pool/0", "pool/1"]
     assert example.scale_sets == {"pool": ["pool/0", "pool/1"]}
     assert {u: example.vms["web1"].roles[u] for u in ("alice", "bob", "carol")} == {
@@ -91,11 +98,11 @@ def test_user_add_writes_a_slow_hash_and_keeps_the_file(tmp_path: Path, monkeypa
 
 @pytest.fixture(scope="module")
 def small_fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Served, Served]]:
-    """Two one-VM fleets: console disabled fleet-wide; and a 3 s idle timeout."""
+    """Two one-VM fleets: console disabled fleet-wide; and a 3 s idle timeout with 2 consoles per VM."""
     base = tmp_path_factory.mktemp("small")
     served = []
     procs = []
-    for name, serve in (("off", "console_enabled = false"), ("idle", "idle_timeout = 3")):
+    for name, serve in (("off", "console_enabled = false"), ("idle", "idle_timeout = 3\nconsoles_per_vm = 2")):
         home = base / name
         home.mkdir()
         proc, info = start_serve(home, write_fleet(base / f"{name}.toml", serve, ssh_key=CLIENT_KEY_PUBLIC))
@@ -148,6 +155,24 @@ def test_idle_session_ends(small_fleets: tuple[Served, Served]) -> None:
             await r.until_closed()
     run(go())
     assert any(a["event"] == "console_disconnect" and a["reason"] == "idle" for a in idle.audit())
+
+
+@pytest.mark.guest
+def test_console_cap_is_the_fleet_setting(small_fleets: tuple[Served, Served]) -> None:
+    """`consoles_per_vm = 2` refuses the third console of the VM (the default would allow 16)."""
+    _, idle = small_fleets
+
+    async def go() -> None:
+        async with Client(idle) as c:
+            assert await c.login("erin") == 200
+            readers = [WsReader(await c.ws("solo", mode="read")) for _ in range(2)]
+            for r in readers:
+                await r.frame("hello")
+            error = await WsReader(await c.ws("solo", mode="read")).frame("error")
+            assert error["code"] == "too_many_consoles" and "solo has 2 consoles open" in error["message"], error
+            for r in readers:
+                await r.ws.close()
+    run(go())
 
 
 @pytest.mark.guest

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from emulator.gateway.fleet_host import CONSOLES_PER_USER
+from emulator.gateway.fleet import CONSOLES_PER_USER
 
 from .client import Client, Served, WsReader
 from .test_ssh import Reader, connect

@@ -22,22 +22,14 @@ def run(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
-async def drain(reader: WsReader, quiet: float = 0.5) -> None:
-    while not reader.closed:
-        try:
-            await reader.pump_once(quiet)
-        except TimeoutError:
-            return
-
-
 async def shell(reader: WsReader) -> None:
     """Reach a root prompt on the guest: Enter until it shows `#` or `login:` (then log in)."""
-    await drain(reader)
+    await reader.drain()
     for _ in range(10):
         since = len(reader.data)
         await reader.ws.send_json({"type": "input", "data": "\r"})
         await reader.expect(b"\n", since=since)
-        await drain(reader)
+        await reader.drain()
         tail = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", reader.data[since:]).rstrip()
         if tail.endswith(b"#"):
             return
@@ -47,7 +39,7 @@ async def shell(reader: WsReader) -> None:
             await reader.expect(b"Password:", since=since)
             await reader.ws.send_json({"type": "input", "data": "sercon\r"})
             await reader.expect(b"# ", since=since)
-            await drain(reader)
+            await reader.drain()
             return
     raise AssertionError(f"no shell prompt: {reader.data[-300:]!r}")
 
