@@ -24,7 +24,9 @@ FIRST_OUTPUT = re.compile(rb"\x1b\[2J|BdsDxe")
 FRONT_PAGE = re.compile(rb"Boot Maintenance Manager")
 TOO_LATE = re.compile(rb"BdsDxe: starting Boot\d+ \"(?!UiApp\")[^\"]*\"|Welcome to GRUB|GNU GRUB")
 BOOT_MANAGER_TITLE = b"Boot Manager Menu"
-BOOT_MANAGER_HELP = b"Use the <^> and <v> keys"
+#: Its help text: ASCII arrows up to edk2 2022 (Debian 12), UTF-8 ones since (Debian 13).
+BOOT_MANAGER_HELP = re.compile(rb"Use the <(?:\^|\xe2\x86\x91)> and <(?:v|\xe2\x86\x93)> keys")
+BOOT_MANAGER_HELP_START = "Use the <"
 FIELD = re.compile(rb"\x1b\[(\d+);(\d+)H([^\x1b]*)")
 ESC, DOWN, ENTER = b"\x1b", b"\x1b[B", b"\r"
 
@@ -96,11 +98,11 @@ class OvmfConsole:
         screen = self.screen
         # The front page's entries, the first highlighted: Select Language ... Continue, Reset.
         self._choose("Boot Manager", entries_between(column4_rows(screen), "Select Language", "Reset"))
-        self.console.expect_exact(BOOT_MANAGER_HELP, timeout=timeout)
+        self.console.expect(BOOT_MANAGER_HELP, timeout=timeout)
         screen = self._screen_so_far()
         title = screen.rfind(b"H" + BOOT_MANAGER_TITLE)  # the title row (the help text names it too)
         screen = screen[screen.rfind(b"\x1b[", 0, title):]
-        return entries_between(column4_rows(screen), BOOT_MANAGER_TITLE.decode(), BOOT_MANAGER_HELP.decode())[1:]
+        return entries_between(column4_rows(screen), BOOT_MANAGER_TITLE.decode(), BOOT_MANAGER_HELP_START)[1:]
 
     def boot(self, entry: str, entries: list[str]) -> None:
         """Highlight `entry` of the Boot Manager (whose entries `open_boot_manager` returned) and start it."""

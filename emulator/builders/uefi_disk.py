@@ -17,7 +17,9 @@ then copied into the GPT disk that `sfdisk` partitioned; the root partition is f
 with `mkfs.ext4 -E offset=... -d`.
 
 Settings: `secure_boot`, `grub_serial`, `grub_timeout`, `cmdline`, `firmware_menu_wait_ms` (how long
-OVMF offers its boot manager: Esc during that time opens it), and everything `debian_rootfs` reads.
+OVMF offers its boot manager: Esc during that time opens it), `ovmf` (where the firmware comes from:
+"host" for /usr/share/OVMF, or a Debian suite whose `ovmf` package is fetched, see firmware.py), and
+everything `debian_rootfs` reads.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ImageBuildError
-from ..firmware import find_ovmf
+from ..firmware import find_ovmf, ovmf_folder
 from . import debian_rootfs, grub_disk
 
 Log = Callable[[str], None]
@@ -120,7 +122,8 @@ def build(recipe: dict[str, Any], out: Path, log: Log) -> dict[str, Any]:
     for path, package in _needed(secure_boot):
         if not path.exists():
             raise ImageBuildError(f"{path} not found: apt-get install {package} (or `make setup` as root)")
-    code, variables = find_ovmf(secure_boot)  # fail at build time, not at the first boot
+    # Fail at build time, not at the first boot. "host": /usr/share/OVMF; else a Debian suite (see firmware.py).
+    code, variables = find_ovmf(secure_boot, ovmf_folder(str(settings.get("ovmf", "host")), log))
     resolved = inputs(recipe)
     tarball = debian_rootfs.rootfs_tarball(recipe, resolved, log)
     with tempfile.TemporaryDirectory(prefix="sercon-build-", dir=out.parent) as tmp_name:
