@@ -151,6 +151,10 @@ def _as_regex(pattern: str | re.Pattern[str] | None, default: re.Pattern[str]) -
 class LinuxShell:
     """A logged-in shell on a Linux serial console (busybox ash, bash, dash)."""
 
+    #: How long login() lets the console stay quiet, with no prompt showing, before it presses
+    #: Enter (the prompt went by before the console was opened, or the getty waits for a key).
+    quiet_enter_s = 6.0
+
     def __init__(self, console: Console, *, shell_prompt: str | re.Pattern[str] | None = None,
                  login_prompt: str | re.Pattern[str] | None = None) -> None:
         self.console = console
@@ -235,7 +239,7 @@ class LinuxShell:
         `typed`: we just sent something, so "Login incorrect" or an expired-password dialogue in
         what arrives now is the answer to it.
         """
-        settle, enter_after = 0.4, 6.0
+        settle, enter_after = 0.4, self.quiet_enter_s
         fresh = ""  # text that arrived since this call started
         got_output = seen
         last_data = time.monotonic()
@@ -259,30 +263,61 @@ class LinuxShell:
                 return kind
             if now >= deadline:
                 self._no_prompt(what, screen, kind)
+            quiet_long = now - last_data >= enter_after * (enters + 1)
+            # The boot's log, read only when one of the two checks below will look at it: every
+            # 0.4 s of a firmware's silence would otherwise read the events and the log again.
+            boot_log = self._boot_log() if (got_output and not kind) or (quiet_long and enters < 3) else None
+            buried = self._buried_prompt(boot_log) if got_output and not kind else ""
+            if buried in wanted and enters < 3:
+                # A getty or shell prompt, then only kernel messages (printk lands on the console
+                # whenever it likes): the prompt is waiting under them. Enter shows it again, at
+                # once instead of after `enter_after` of quiet.
+                enters += 1
+                self.console.sendline()
+                continue
             # Quiet with no prompt: the prompt scrolled by before we looked (a console opened on a
             # running guest), or the getty waits for a key. Press Enter, but never before the guest
             # has printed anything (on this console, or before it was opened on a sercon guest; a
             # physical board's cannot, so it gets a longer wait).
             spoken = got_output or bool(self.console.tail.data) or self.console.start_offset > 0 or (
                 self.console.machine is None and now - last_data >= 2 * enter_after)
-            if spoken and now - last_data >= enter_after * (enters + 1) and enters < 3 and not self._in_boot_loader():
+            if spoken and quiet_long and enters < 3 and not self._in_boot_loader(boot_log):
                 enters += 1
                 self.console.sendline()
 
-    def _in_boot_loader(self) -> bool:
+    def _boot_log(self) -> bytes | None:
+        """What the current boot of a sercon guest printed so far (None: not a sercon guest's console)."""
+        machine = self.console.machine
+        if machine is None:
+            return None
+        try:
+            starts = [e["offset"] for e in machine.events() if e["event"] in ("power_on", "boot", "restored")]
+            return machine.read_log(starts[-1] if starts else 0)
+        except (OSError, ValueError, KeyError, SerconError):
+            return None
+
+    def _buried_prompt(self, log: bytes | None) -> str:
+        """"login" or "shell" if this boot printed that prompt and after it only kernel messages,
+        else "". Never "password" (Enter would send an empty password), never across a reboot or
+        while firmware or a boot loader is last (a key there stops GRUB), and not on a console
+        without a guest's boots to tell them apart."""
+        if log is None or self._in_boot_loader(log):
+            return ""
+        cleaned = KERNEL_LINE.sub(b"", log)
+        if len(cleaned) == len(log):
+            return ""  # no kernel message at all: nothing is buried
+        kind = self._classify(_strip(cleaned[-4096:]).rstrip("\n").rsplit("\n", 1)[-1], "")
+        return kind if kind in ("login", "shell") else ""
+
+    @staticmethod
+    def _in_boot_loader(log: bytes | None) -> bool:
         """True while firmware or a boot loader is the last thing this boot of a sercon guest printed.
 
         A key pressed then goes to them, not to a getty: GRUB stops its countdown (and under OVMF
         was seen to stop altogether), a firmware may open its setup. Quiet spells there are normal
         (OVMF prints nothing for seconds), so login() waits for the kernel instead of pressing Enter.
         """
-        machine = self.console.machine
-        if machine is None:
-            return False
-        try:
-            starts = [e["offset"] for e in machine.events() if e["event"] in ("power_on", "boot", "restored")]
-            log = machine.read_log(starts[-1] if starts else 0)
-        except (OSError, ValueError, KeyError, SerconError):
+        if log is None:
             return False
         loader = max((log.rfind(marker) for marker in BOOT_LOADER_MARKERS), default=-1)
         return loader >= 0 and not KERNEL_OR_LATER.search(log, loader)
