@@ -18,13 +18,17 @@ confidence interval (met / missed / undecided).
   snapshot against ten booted ones.
 - images: boot to `login:` of the distribution images, sercon vs bare (bench_images.py).
 - web: throughput, echo, viewers through `sercon serve` vs the raw QEMU socket (bench_web.py).
+- hosts: boot, run("true") and SysRq with QEMU as a local process, a libvirt domain
+  (qemu:///system) and a libvirt domain over SSH (qemu+ssh:// through a loopback sshd), side by
+  side (bench_hosts.py; its sample counts are SERCON_BENCH_HOST_*).
 
-Writes tests/bench/results/bench.json (with date, commit, host, cores, QEMU version); report.py
-prints it, plots it and writes the README's table from it. Sample counts: SERCON_BENCH_BOOTS
-(default 20), SERCON_BENCH_ROUNDS (10 blocks of SERCON_BENCH_BLOCK=20 round trips), SERCON_BENCH_RUNS
+Writes tests/bench/results/bench.json (with date, commit, host, cores, QEMU version) after every
+section, so a section that fails or hangs late loses none of the rows before it; report.py prints
+it, plots it and writes the README's table from it. Sample counts: SERCON_BENCH_BOOTS (default
+20), SERCON_BENCH_ROUNDS (10 blocks of SERCON_BENCH_BLOCK=20 round trips), SERCON_BENCH_RUNS
 (default 5: snapshot rows, web rows), SERCON_BENCH_IMAGE_RUNS (default 3 boots of each variant of
 each distribution image), SERCON_BENCH_SNAPSHOT_IMAGES and SERCON_BENCH_BOOT_IMAGES (comma lists),
-SERCON_BENCH_SKIP (comma list of boot,rtt,actions,snapshots,memory,images,web).
+SERCON_BENCH_SKIP (comma list of boot,rtt,actions,snapshots,memory,images,web,hosts).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record import Row, interleaved, machine_meta, save  # noqa: E402
+from record import Row, boot_to_login_ms, interleaved, machine_meta, save  # noqa: E402
 
 from emulator import Machine, resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -122,16 +126,7 @@ def bench_boot(spec: GuestSpec, accel: str) -> Row:
             guest.close()
 
     def sercon() -> float:
-        started = time.perf_counter()
-        machine = Machine(spec, name="bench-boot").start()
-        try:
-            console = Console.for_machine(machine)
-            console.expect("login: ", timeout=120)
-            elapsed = time.perf_counter() - started
-            console.close()
-            return ms(elapsed)
-        finally:
-            machine.stop()
+        return boot_to_login_ms(lambda: Machine(spec, name="bench-boot").start(), timeout=120)
 
     samples = interleaved(BOOTS, {"bare QEMU": bare, "sercon": sercon})
     return Row("boot.linux-initramfs", "boot to login:, linux-initramfs", "ms", samples,
@@ -381,6 +376,7 @@ def main() -> int:
             traceback.print_exc()
             made = Row(name, name, "ms", {}, skipped=f"failed: {exc}".splitlines()[0])
         rows.extend(made if isinstance(made, list) else [made])
+        save(meta, rows)  # after every section: a later section that hangs or dies loses none of these
         print(f"  {name}: {time.monotonic() - started:.0f} s", flush=True)
 
     section("boot", lambda: bench_boot(spec, accel))
@@ -400,9 +396,14 @@ def main() -> int:
 
         return run_all()
 
+    def hosts_rows() -> list[Row]:
+        from bench_hosts import bench_hosts
+
+        return bench_hosts(spec)
+
     section("images", images_rows)
     section("web", web_rows)
-    save(meta, rows)
+    section("hosts", hosts_rows)
     from report import main as report
 
     return report(["--write"] if os.environ.get("SERCON_BENCH_WRITE", "1") == "1" else [])

@@ -2,8 +2,10 @@
 
 - throughput: a burst of guest output (`yes ... | head -c N`) timed from the command to its end
   marker, through the browser-side websocket client vs a bare QEMU's own serial socket (same
-  image, same command; goal: web >= 90% of raw). The owner's console socket, read at the same
-  time as the websocket, is reported too.
+  image, same command; goal: web >= 90% of raw). The owner reads COM1 from QEMU's `pipe`
+  chardev (with SERCON_SERIAL_PACE=1, only every STREAM_HOLD_S in a burst). A bare QEMU on the
+  same FIFOs, read as bytes arrive, is reported beside the socket. The owner's console socket, read at the
+  same time as the websocket, is reported too.
 - echo latency: one keystroke to its echo at a shell prompt, through the websocket and through
   SSH vs the bare QEMU socket (medians and 95th percentiles).
 - viewers: the same burst for the writer with 0 and with 20 read-only websocket viewers of the
@@ -20,6 +22,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import ssl
@@ -63,10 +66,13 @@ def burst_command(token: str) -> str:
 
 
 class Stream:
-    """A console byte stream: send bytes, wait for a pattern."""
+    """A console byte stream: send bytes, wait for a pattern. What it received is kept in a
+    bytearray and searched only where new bytes came, so the client's own cost per chunk stays
+    the same however much came before (with bytes, it grew with the total and was charged to
+    whichever transport delivered smaller chunks)."""
 
     def __init__(self) -> None:
-        self.data = b""
+        self.data = bytearray()
 
     async def send(self, data: bytes) -> None:
         raise NotImplementedError
@@ -74,9 +80,14 @@ class Stream:
     async def _recv(self, timeout: float) -> bytes:
         raise NotImplementedError
 
+    async def close(self) -> None:
+        raise NotImplementedError
+
     async def expect(self, needle: bytes, since: int = 0, timeout: float = 120) -> int:
         deadline = time.monotonic() + timeout
-        while (at := self.data.find(needle, since)) < 0:
+        scan = since
+        while (at := self.data.find(needle, scan)) < 0:
+            scan = max(since, len(self.data) - len(needle) + 1)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError(f"{needle!r} not seen; last bytes {self.data[-300:]!r}")
@@ -181,6 +192,7 @@ class WebBench:
     proc: subprocess.Popen[bytes]
     info: dict[str, Any]
     bare: BareQemu
+    bare_pipe: BareQemu
 
     @property
     def base(self) -> str:
@@ -203,12 +215,22 @@ class WebBench:
     async def ws(self, session: aiohttp.ClientSession, mode: str = "interactive") -> WsStream:
         ws = await session.ws_connect(self.base + f"/ws/vms/bench/console?mode={mode}&from=-1", max_msg_size=0)
         stream = WsStream(ws)
-        while True:  # the hello frame
+        while True:  # the hello frame; a refusal is an error frame, then the socket closes
             msg = await ws.receive(timeout=30)
-            if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "hello":
-                return stream
-            if msg.type == aiohttp.WSMsgType.BINARY:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                frame = json.loads(msg.data)
+                if frame.get("type") == "hello":
+                    return stream
+                if frame.get("type") == "error":
+                    await ws.close()
+                    raise ConnectionError(f"the gateway refused the {mode} console: {frame.get('code')}: "
+                                          f"{frame.get('message')}")
+            elif msg.type == aiohttp.WSMsgType.BINARY:
                 stream.data += msg.data
+            else:  # CLOSE, CLOSING, CLOSED or ERROR: no hello will come
+                await ws.close()
+                raise ConnectionError(f"the {mode} console closed before its hello ({msg.type.name}, "
+                                      f"close code {ws.close_code}, {msg.extra or msg.data!r})")
 
     async def ssh(self) -> SshStream:
         key = asyncssh.read_private_key(str(self.home / "serve" / "ssh_host_key")).convert_to_public()
@@ -232,46 +254,99 @@ class WebBench:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.bare.close()
+        self.bare_pipe.close()
+
+
+class PipeStream(Stream):
+    """A bare QEMU's COM1 on its `pipe` chardev: read from NAME.out, written to NAME.in."""
+
+    def __init__(self, out_fd: int, in_fd: int) -> None:
+        super().__init__()
+        self.out_fd, self.in_fd = out_fd, in_fd
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        asyncio.get_running_loop().add_reader(out_fd, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            self.queue.put_nowait(os.read(self.out_fd, 1 << 20))
+        except BlockingIOError:
+            pass
+
+    async def send(self, data: bytes) -> None:
+        os.write(self.in_fd, data)  # commands are short: the FIFO takes them at once
+
+    async def _recv(self, timeout: float) -> bytes:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.out_fd)
 
 
 class BareQemu:
-    """The same image under the same QEMU command line, its serial socket held directly here."""
+    """The same image under the same QEMU command line, its COM1 held directly here: on a socket
+    pair (what QEMU users mostly do), or on `pipe` FIFOs (the owner's own transport)."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport: str = "socket") -> None:
         spec = resolve_image("linux-initramfs")
         qemu = find_qemu()
         accel, _ = choose_accel(spec.accel, qemu, spec.kernel)
-        self.serial, serial_qemu = socket.socketpair()
+        self.transport = transport
         self.qmp, qmp_qemu = socket.socketpair()
-        args = qemu_args(spec, accel=accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
-                         name="bench-web-bare", qemu=qemu)
-        self.proc = subprocess.Popen(args, pass_fds=(serial_qemu.fileno(), qmp_qemu.fileno()),
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        serial_qemu.close()
-        qmp_qemu.close()
-        self.serial.setblocking(False)
-        self._stream: RawSocketStream | None = None
+        self.scratch = Path(tempfile.mkdtemp(prefix="sercon-bench-bare-"))
+        pass_fds = [qmp_qemu.fileno()]
+        self.serial: socket.socket | None = None
+        self.fifo_fds: tuple[int, int] | None = None
+        if transport == "pipe":
+            base = self.scratch / "com1"
+            for suffix in (".in", ".out"):
+                os.mkfifo(f"{base}{suffix}", 0o600)
+            self.fifo_fds = (os.open(f"{base}.out", os.O_RDWR | os.O_NONBLOCK),
+                             os.open(f"{base}.in", os.O_RDWR | os.O_NONBLOCK))
+            args = qemu_args(spec, accel=accel, serial_pipe=str(base), qmp_fd=qmp_qemu.fileno(),
+                             name="bench-web-bare-pipe", qemu=qemu)
+        else:
+            self.serial, serial_qemu = socket.socketpair()
+            pass_fds.append(serial_qemu.fileno())
+            args = qemu_args(spec, accel=accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
+                             name="bench-web-bare", qemu=qemu)
+        self.proc = subprocess.Popen(args, pass_fds=pass_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for fd in pass_fds:
+            os.close(fd)
+        if self.serial is not None:
+            self.serial.setblocking(False)
+        self._stream: Stream | None = None
 
-    async def stream(self) -> RawSocketStream:
-        """The serial socket as a stream (one per bare QEMU, made on the first call's event loop)."""
+    async def stream(self) -> Stream:
+        """COM1 as a stream (one per bare QEMU, made on the first call's event loop)."""
         if self._stream is None:
-            reader, writer = await asyncio.open_connection(sock=self.serial)
-            self._stream = RawSocketStream(reader, writer)
+            if self.fifo_fds is not None:
+                self._stream = PipeStream(*self.fifo_fds)
+            else:
+                assert self.serial is not None
+                reader, writer = await asyncio.open_connection(sock=self.serial)
+                self._stream = RawSocketStream(reader, writer)
         return self._stream
 
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
-        self.serial.close()
+        if self.serial is not None:
+            self.serial.close()
+        for fd in self.fifo_fds or ():
+            os.close(fd)
         self.qmp.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def start_bench(home: Path | None = None) -> WebBench:
-    """A one-VM fleet (`bench`, user `bench` as owner) under `sercon serve`, plus a bare QEMU."""
+    """A one-VM fleet (`bench`, user `bench` as owner) under `sercon serve`, plus two bare QEMUs
+    (COM1 on a socket, COM1 on FIFOs)."""
     home = home or Path(tempfile.mkdtemp(prefix="sercon-web-bench-"))
     fleet = home / "fleet.toml"
     fleet.write_text(
-        '[serve]\nhost = "127.0.0.1"\nidle_timeout = 3600\n\n'
+        '[serve]\nhost = "127.0.0.1"\nidle_timeout = 3600\n'
+        # the writer and VIEWERS read-only viewers of one VM, each on its own login of one user
+        f'consoles_per_user = {VIEWERS + 8}\nconsoles_per_vm = {VIEWERS + 8}\n\n'
         '[vms.bench]\nimage = "linux-initramfs"\npolicy = "takeover"\nroles = { bench = "owner" }\n\n'
         f'[users.bench]\npassword = "{hash_password(PASSWORD)}"\n'
     )
@@ -290,7 +365,7 @@ def start_bench(home: Path | None = None) -> WebBench:
         raise RuntimeError("sercon serve did not start for the bench")
     stdout = proc.stdout
     threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
-    return WebBench(home=home / "state", proc=proc, info=info, bare=BareQemu())
+    return WebBench(home=home / "state", proc=proc, info=info, bare=BareQemu(), bare_pipe=BareQemu("pipe"))
 
 
 # ------------------------------------------------------------------ measurements
@@ -321,19 +396,25 @@ async def bench_throughput(bench: WebBench, runs: int = RUNS) -> Row:
     raw = await bench.bare.stream()
     await raw.expect(b"login:", timeout=240)
     await raw.shell()
+    raw_pipe = await bench.bare_pipe.stream()
+    await raw_pipe.expect(b"login:", timeout=240)
+    await raw_pipe.shell()
     session = await bench.http()
     web = await bench.ws(session)
     await web.shell()
     sock = await bench.console_reader()
     harness = await bench.console_reader("harness")
-    samples: dict[str, list[float]] = {"raw QEMU socket": [], "websocket": [], "owner socket beside it": [],
-                                       "owner socket alone": []}
+    samples: dict[str, list[float]] = {"raw QEMU socket": [], "raw QEMU pipe": [], "websocket": [],
+                                       "owner socket beside it": [], "owner socket alone": []}
 
     def rate(seconds: float) -> float:
         return BURST_BYTES / seconds / 1024
 
     async def via_raw() -> None:
         samples["raw QEMU socket"].append(rate((await _burst(raw, []))[0]))
+
+    async def via_raw_pipe() -> None:
+        samples["raw QEMU pipe"].append(rate((await _burst(raw_pipe, []))[0]))
 
     async def via_web() -> None:
         web_time, (sock_time,) = await _burst(web, [sock])
@@ -344,13 +425,15 @@ async def bench_throughput(bench: WebBench, runs: int = RUNS) -> Row:
         samples["owner socket alone"].append(rate((await _burst(harness, []))[0]))
 
     for index in range(runs):
-        for step in _abba(index, [via_raw, via_web, via_owner]):
+        for step in _abba(index, [via_raw, via_raw_pipe, via_web, via_owner]):
             await step()
-    for stream in (harness, web, sock):
+    for stream in (harness, web, sock, raw_pipe):
         await stream.close()
     await session.close()
     return Row("web.throughput", f"guest output burst ({BURST_BYTES // 1000} kB) to the client", "KiB/s", samples,
-               {"owner socket beside it": "the owner's console socket, read while the websocket reads",
+               {"raw QEMU socket": "QEMU's socket chardev read directly: how QEMU's serial is mostly used",
+                "raw QEMU pipe": "QEMU's pipe chardev (FIFOs), the owner's transport, read as it arrives",
+                "owner socket beside it": "the owner's console socket, read while the websocket reads",
                 "owner socket alone": "the owner's console socket in harness mode, no web client"})
 
 
@@ -430,7 +513,7 @@ async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = RUN
         samples[crowd].append(w * 1000)
         for stream in watching:
             await stream.drain_quiet(0.3)
-            seen.append(stream.data)
+            seen.append(bytes(stream.data))
             await stream.close()
 
     for index in range(runs):

@@ -29,6 +29,25 @@ RESULT_FILE = RESULTS / "bench.json"
 BOOTSTRAP = 2000
 
 
+def boot_to_login_ms(start: Callable[[], Any], timeout: float = 300) -> float:
+    """Milliseconds from calling `start` (which returns a started Machine) to `login: ` on its
+    console; the guest is stopped afterwards. One sample of every boot-to-login row."""
+    import time
+
+    from harness.console import Console
+
+    started = time.perf_counter()
+    machine = start()
+    try:
+        console = Console.for_machine(machine)
+        console.expect("login: ", timeout=timeout)
+        elapsed = time.perf_counter() - started
+        console.close()
+        return elapsed * 1000
+    finally:
+        machine.stop()
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100), linear between closest ranks."""
     ordered = sorted(values)

@@ -45,7 +45,7 @@ def table_lines(result: dict[str, Any], markdown: bool) -> list[str]:
             if markdown:
                 lines.append(f"| {row['label']} | {name} | {st['n']} | {' | '.join(cells)} | {row['unit']} |")
             else:
-                lines.append(f"{row['label'][:43]:<44}{variant[:26]:<27}{st['n']:>4} "
+                lines.append(f"{row['label'][:43]:<44}{variant[:32]:<33}{st['n']:>4} "
                              + "".join(f"{c:>10}" for c in cells) + f"  {row['unit']}")
     return lines
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = result["meta"]
     print(f"sercon bench, {meta['date']}, commit {meta['commit']}, {meta['host']}, {meta['cores']} cores, "
           f"{meta['qemu']}, accel {meta.get('accel', '?')}")
-    print(f"{'measure':<44}{'variant':<27}{'n':>4} {'p10':>10}{'p50':>10}{'p90':>10}")
+    print(f"{'measure':<44}{'variant':<33}{'n':>4} {'p10':>10}{'p50':>10}{'p90':>10}")
     for line in table_lines(result, False):
         print(line)
     print("\ngoals:")
