@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pty
 import re
 import secrets
 import shutil
@@ -31,6 +32,8 @@ import sys
 import tempfile
 import threading
 import time
+import tty
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +53,7 @@ from emulator.gateway.auth import hash_password  # noqa: E402
 from emulator.qemu_args import find_qemu, qemu_args  # noqa: E402
 
 BURST_BYTES = int(os.environ.get("SERCON_BENCH_BURST", "400000"))
-ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "40"))
+ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "100"))
 RUNS = int(os.environ.get("SERCON_BENCH_RUNS", "5"))
 VIEWERS = 20
 PASSWORD = "bench-password-" + secrets.token_hex(4)
@@ -183,6 +186,42 @@ class SshStream(Stream):
         self.conn.close()
 
 
+class OpenSshStream(Stream):
+    """The real OpenSSH client (`ssh -tt`, public key) on a pty of its own, as a user at a terminal runs it."""
+
+    def __init__(self, argv: list[str]) -> None:
+        super().__init__()
+        self.master, terminal = pty.openpty()
+        tty.setraw(terminal)  # bytes pass as they are, as from a terminal emulator in raw mode
+        self.proc = subprocess.Popen(argv, stdin=terminal, stdout=terminal, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        os.close(terminal)
+        os.set_blocking(self.master, False)
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue()
+        asyncio.get_running_loop().add_reader(self.master, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            self.queue.put_nowait(os.read(self.master, 65536))
+        except BlockingIOError:
+            pass
+        except OSError:  # the client ended: EIO on the pty
+            asyncio.get_running_loop().remove_reader(self.master)
+            self.queue.put_nowait(b"")
+
+    async def send(self, data: bytes) -> None:
+        os.write(self.master, data)
+
+    async def _recv(self, timeout: float) -> bytes:
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+    async def close(self) -> None:
+        asyncio.get_running_loop().remove_reader(self.master)
+        self.proc.terminate()
+        self.proc.wait()
+        os.close(self.master)
+
+
 # ------------------------------------------------------------------ the bench fleet and a bare QEMU
 
 
@@ -238,6 +277,20 @@ class WebBench:
                                       known_hosts=([key], [], []), client_keys=None, agent_path=None)
         process = await conn.create_process(term_type="xterm", encoding=None)
         stream = SshStream(conn, process)
+        await stream.expect(b"serial console of bench")
+        return stream
+
+    async def openssh(self) -> OpenSshStream:
+        """A console through the OpenSSH client, with the bench user's key and the gateway's host key pinned."""
+        scratch = self.home.parent
+        known = scratch / "known_hosts"
+        if not known.exists():
+            key = asyncssh.read_private_key(str(self.home / "serve" / "ssh_host_key")).convert_to_public()
+            known.write_text(f"[127.0.0.1]:{self.info['ssh_port']} {key.export_public_key().decode().strip()}\n")
+        stream = OpenSshStream(["ssh", "-tt", "-p", str(self.info["ssh_port"]), "-i", str(scratch / "client_key"),
+                                "-F", "none", "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={known}",
+                                "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+                                "bench+bench@127.0.0.1"])
         await stream.expect(b"serial console of bench")
         return stream
 
@@ -342,6 +395,8 @@ def start_bench(home: Path | None = None) -> WebBench:
     """A one-VM fleet (`bench`, user `bench` as owner) under `sercon serve`, plus two bare QEMUs
     (COM1 on a socket, COM1 on FIFOs)."""
     home = home or Path(tempfile.mkdtemp(prefix="sercon-web-bench-"))
+    client_key = home / "client_key"  # the OpenSSH client's key (bench_echo)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench", "-f", str(client_key)], check=True)
     fleet = home / "fleet.toml"
     fleet.write_text(
         '[serve]\nhost = "127.0.0.1"\nidle_timeout = 3600\n'
@@ -349,6 +404,7 @@ def start_bench(home: Path | None = None) -> WebBench:
         f'consoles_per_user = {VIEWERS + 8}\nconsoles_per_vm = {VIEWERS + 8}\n\n'
         '[vms.bench]\nimage = "linux-initramfs"\npolicy = "takeover"\nroles = { bench = "owner" }\n\n'
         f'[users.bench]\npassword = "{hash_password(PASSWORD)}"\n'
+        f'ssh_keys = ["{client_key.with_suffix(".pub").read_text().strip()}"]\n'
     )
     env = dict(os.environ, SERCON_HOME=str(home / "state"), PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-u", "-m", "emulator.gateway.serve", str(fleet), "--port", "0",
@@ -452,40 +508,44 @@ async def _echo(stream: Stream, keys: int) -> list[float]:
 
 
 async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
-    """Blocks of 10 keystrokes per front end, interleaved. The web and SSH sessions are opened for
-    each block (an interactive session takes over the last one, as the policy says), outside the
-    timing; the raw QEMU socket stays open."""
+    """Blocks of 10 keystrokes per path, interleaved. Console sessions are opened for each block
+    (an interactive session takes over the last one, as the policy says), outside the timing; the
+    raw QEMU socket stays open. The owner's console socket alone (harness mode: no gateway) splits
+    the web and SSH figures into the owner's hop and the gateway's."""
     raw = await bench.bare.stream()
     await raw.shell()
     session = await bench.http()
 
+    def per_block(opener: Callable[[], Awaitable[Stream]]) -> Callable[[], Awaitable[list[float]]]:
+        async def block() -> list[float]:
+            stream = await opener()
+            await stream.shell()
+            try:
+                return await _echo(stream, 10)
+            finally:
+                await stream.close()
+        return block
+
     async def via_raw() -> list[float]:
         return await _echo(raw, 10)
 
-    async def via_web() -> list[float]:
-        web = await bench.ws(session)
-        await web.shell()
-        try:
-            return await _echo(web, 10)
-        finally:
-            await web.close()
-
-    async def via_ssh() -> list[float]:
-        ssh = await bench.ssh()
-        await ssh.shell()
-        try:
-            return await _echo(ssh, 10)
-        finally:
-            await ssh.close()
-
-    variants = {"raw QEMU socket": via_raw, "websocket": via_web, "ssh": via_ssh}
+    variants: dict[str, Callable[[], Awaitable[list[float]]]] = {
+        "raw QEMU socket": via_raw,
+        "owner socket": per_block(lambda: bench.console_reader("harness")),
+        "websocket": per_block(lambda: bench.ws(session)),
+        "ssh": per_block(bench.ssh),
+        "ssh, OpenSSH client": per_block(bench.openssh),
+    }
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for index in range(max(1, keys // 10)):
         for name in _abba(index, list(variants)):
             samples[name].extend(await variants[name]())
     await session.close()
     return Row("web.echo", "one keystroke to its echo at a shell prompt", "ms", samples,
-               {"websocket": "the browser's protocol, a session per block of 10 keys", "ssh": "asyncssh client"})
+               {"owner socket": "the owner's console socket in harness mode: the owner's hop, no gateway",
+                "websocket": "the browser's protocol, a session per block of 10 keys",
+                "ssh": "asyncssh client",
+                "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"})
 
 
 def _is_slice_of(data: bytes, log: bytes) -> bool:
