@@ -11,8 +11,11 @@ What it chooses, and why:
   the PIIX IDE controller instead (older images).
 - The disk format from the file name (qcow2, raw/img, vhd -> QEMU `vpc`, vhdx); QEMU probes others.
 - `disk_snapshot=True` by default: writes go to a throw-away overlay, the image is never modified.
-- BIOS is QEMU's default SeaBIOS; UEFI is OVMF from Debian's `ovmf` package, with a private copy
-  of the variable store (in `vars_dir`, default a new temporary folder).
+- BIOS is QEMU's default SeaBIOS; UEFI is OVMF as for every sercon UEFI guest (`emulator.firmware`):
+  by default Debian 13's package, fetched and verified once (`ovmf="host"` takes /usr/share/OVMF,
+  whose Debian 12 build can hang after resets on a busy host), optionally with Secure Boot. Each
+  power-on writes its own copy of the variable store, made from the firmware's template or from
+  `vars_dir/OVMF_VARS.fd` (created from the template once, so boot entries put there are kept).
 - COM1 is the same 16550 on the same chardev plumbing as every sercon guest; EMS/SAC must be
   turned on inside the image (images/windows/README.md). `-device pvpanic` stays on (harmless
   without the driver), `-rtc base=localtime` as Windows expects, and the ACPI power button
@@ -22,20 +25,14 @@ What it chooses, and why:
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
+from . import firmware as uefi
 from .errors import SerconError
 from .spec import GuestSpec
 
 Firmware = Literal["bios", "uefi"]
-
-#: Where Debian's `ovmf` package puts the firmware (4 MB builds first, as QEMU 7.2 on q35 prefers).
-OVMF_PAIRS = (
-    ("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
-    ("/usr/share/OVMF/OVMF_CODE.fd", "/usr/share/OVMF/OVMF_VARS.fd"),
-)
 
 _FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw", ".vhd": "vpc", ".vpc": "vpc", ".vhdx": "vhdx"}
 
@@ -43,17 +40,6 @@ _FORMATS = {".qcow2": "qcow2", ".raw": "raw", ".img": "raw", ".vhd": "vpc", ".vp
 def disk_format_for(image: str | Path) -> str | None:
     """QEMU's format name for an image file, from its extension (None: let QEMU probe)."""
     return _FORMATS.get(Path(image).suffix.lower())
-
-
-def find_ovmf() -> tuple[Path, Path]:
-    """(code, vars template) of OVMF, or a SerconError saying which package to install."""
-    for code, variables in OVMF_PAIRS:
-        if Path(code).is_file() and Path(variables).is_file():
-            return Path(code), Path(variables)
-    raise SerconError(
-        "UEFI firmware (OVMF) not found in /usr/share/OVMF: install it with `apt-get install ovmf`, "
-        "or use firmware=\"bios\" (WINDOWS_FIRMWARE=bios) for an image that boots with BIOS/MBR"
-    )
 
 
 def windows_spec(
@@ -66,6 +52,8 @@ def windows_spec(
     machine: str = "q35",
     snapshot: bool = True,
     vars_dir: str | Path | None = None,
+    ovmf: str = "trixie",
+    secure_boot: bool = False,
     user: str | None = None,
     password: str | None = None,
     extra_args: list[str] | None = None,
@@ -78,18 +66,22 @@ def windows_spec(
         raise SerconError(f"firmware must be \"bios\" or \"uefi\", not {firmware!r}")
     if memory_mb < 2048:
         raise SerconError(f"memory_mb={memory_mb} is too little for Windows; give 2048 or more (4096 recommended)")
-    args = ["-rtc", "base=localtime"]
+    if secure_boot and firmware != "uefi":
+        raise SerconError("secure_boot needs firmware=\"uefi\"")
+    code = variables = None
     if firmware == "uefi":
-        code, template = find_ovmf()
-        folder = Path(vars_dir) if vars_dir else Path(tempfile.mkdtemp(prefix="sercon-ovmf-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        variables = folder / "OVMF_VARS.fd"
-        if not variables.exists():
-            shutil.copyfile(template, variables)
-        args += [
-            "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
-            "-drive", f"if=pflash,format=raw,unit=1,file={variables}",
-        ]
+        try:
+            code, variables = uefi.find_ovmf(secure_boot, uefi.ovmf_folder(ovmf))
+        except SerconError as exc:
+            raise SerconError(f"{exc}; or use firmware=\"bios\" (WINDOWS_FIRMWARE=bios) for an image that "
+                              "boots with BIOS/MBR") from None
+        if vars_dir:
+            folder = Path(vars_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            kept = folder / "OVMF_VARS.fd"
+            if not kept.exists():
+                shutil.copyfile(variables, kept)
+            variables = kept
     return GuestSpec(
         disk=str(path),
         disk_format=disk_format_for(path),
@@ -98,8 +90,11 @@ def windows_spec(
         memory_mb=memory_mb,
         cpus=cpus,
         machine=machine,
+        firmware=str(code) if code else None,
+        firmware_vars=str(variables) if variables else None,
+        secure_boot=secure_boot,
         pvpanic=True,
-        extra_args=args + list(extra_args or []),
+        extra_args=["-rtc", "base=localtime", *(extra_args or [])],
         image=f"windows:{path.name}",
         user=user,
         password=password,

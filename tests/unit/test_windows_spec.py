@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator import windows
+from emulator import firmware
 from emulator.errors import SerconError
 from emulator.qemu_args import qemu_args
 from emulator.windows import disk_format_for, windows_spec
@@ -29,20 +29,31 @@ def test_bios_profile(image: Path) -> None:
     assert not any("pflash" in a for a in args)
 
 
-def test_uefi_profile_uses_a_private_vars_copy(image: Path, tmp_path: Path) -> None:
-    if not any(Path(code).is_file() for code, _ in windows.OVMF_PAIRS):
+def test_uefi_profile_is_the_firmware_modules(image: Path, tmp_path: Path) -> None:
+    """UEFI as every sercon guest has it: CODE read-only, each power-on its own copy of the variables
+    (made from `vars_dir`'s file, created once from the template), Secure Boot with SMM."""
+    try:
+        code, template = firmware.find_ovmf()
+    except SerconError:
         pytest.skip("OVMF is not installed here (apt-get install ovmf)")
-    spec = windows_spec(image, firmware="uefi", vars_dir=tmp_path / "vars")
-    pflash = [a for a in spec.extra_args if "pflash" in a]
-    assert len(pflash) == 2 and "readonly=on" in pflash[0]
-    assert f"file={tmp_path / 'vars' / 'OVMF_VARS.fd'}" in pflash[1]
-    assert (tmp_path / "vars" / "OVMF_VARS.fd").is_file()
+    spec = windows_spec(image, firmware="uefi", ovmf="host", vars_dir=tmp_path / "vars")
+    spec.validate()
+    kept = tmp_path / "vars" / "OVMF_VARS.fd"
+    assert (spec.firmware, spec.firmware_vars) == (str(code), str(kept))
+    assert kept.read_bytes() == template.read_bytes()
+    args = qemu_args(spec, accel="tcg", serial_fd=3, qmp_fd=4, firmware_vars=str(tmp_path / "copy.fd"))
+    pflash = [a for a in args if "pflash" in a]
+    assert pflash == [f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                      f"if=pflash,format=raw,unit=1,file={tmp_path / 'copy.fd'}"]
+    secure = windows_spec(image, firmware="uefi", ovmf="host", secure_boot=True)
+    assert secure.secure_boot and secure.firmware and "secboot" in secure.firmware
+    assert "smm=on" in " ".join(qemu_args(secure, accel="tcg", serial_fd=3, qmp_fd=4))
 
 
-def test_missing_ovmf_says_what_to_install(image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(windows, "OVMF_PAIRS", (("/nonexistent/CODE.fd", "/nonexistent/VARS.fd"),))
-    with pytest.raises(SerconError, match="apt-get install ovmf"):
-        windows_spec(image, firmware="uefi")
+def test_missing_ovmf_says_what_to_install(image: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(firmware, "OVMF_DIR", tmp_path / "no-ovmf")
+    with pytest.raises(SerconError, match=r"apt-get install ovmf.*WINDOWS_FIRMWARE=bios"):
+        windows_spec(image, firmware="uefi", ovmf="host")
 
 
 def test_errors_and_formats(image: Path) -> None:
