@@ -688,6 +688,12 @@ class SacConsole:
         self.send(ESC + "8")
 
 
+def status_pattern(nonce: str) -> re.Pattern[str]:
+    """The line `echo SCX<nonce>_%ERRORLEVEL%` prints, matched only once the line has ended: a read
+    can stop inside the number (`9009` arriving as `900` then `9`)."""
+    return re.compile(r"SCX" + nonce + r"_(-?\d+)\r?\n")
+
+
 class CmdChannel:
     """A Command Prompt channel reached through SAC; created by `SacConsole.open_cmd()`."""
 
@@ -697,7 +703,7 @@ class CmdChannel:
         self.index = index
         self.nonce = secrets.token_hex(3)
         self.prompt_re = re.compile(r"SC" + self.nonce + r"(?P<cwd>[A-Za-z]:\\[^\n>]*)>")
-        self.status_re = re.compile(r"SCX" + self.nonce + r"_(-?\d+)")
+        self.status_re = status_pattern(self.nonce)
         self.cwd: str | None = None
 
     def login(self, user: str, password: str, domain: str = "", *, timeout: float | None = None) -> None:

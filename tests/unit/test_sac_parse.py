@@ -16,6 +16,7 @@ from harness.sac import (
     parse_key_values,
     parse_machine_info,
     parse_switch_screen,
+    status_pattern,
     unwrap,
 )
 
@@ -154,3 +155,16 @@ def test_screen_text_renders_overwrites_and_escapes() -> None:
     screen.feed("one\x1b[2;1Htwo \x1b[1;37mbold\x1b[")
     screen.feed("0m!\x1b[K")
     assert screen.text == "one\ntwo bold!"
+
+
+def test_an_errorlevel_arriving_in_pieces_is_read_whole() -> None:
+    """CI once read %ERRORLEVEL% 9009 as 900: the read ended inside the number. Seen to fail with
+    the pattern not anchored at the end of the line."""
+    screen = ScreenText()
+    pattern = status_pattern("b272e8")
+    screen.feed("SCb272e8C:\\Windows\\system32>echo SCXb272e8_%ERRORLEVEL%\r\nSCXb272e8_900")
+    assert pattern.search(screen.text) is None
+    screen.feed("9\r\n")
+    match = pattern.search(screen.text)
+    assert match is not None and match.group(1) == "9009"
+    assert status_pattern("ab").search("SCXab_-1\r\n").group(1) == "-1"  # type: ignore[union-attr]
