@@ -27,8 +27,11 @@ from .fleet_host import FleetHost
 KEX_ALGS = ["mlkem768x25519-sha256", "curve25519-sha256", "curve25519-sha256@libssh.org", "ecdh-sha2-nistp256",
             "ecdh-sha2-nistp384", "ecdh-sha2-nistp521", "diffie-hellman-group16-sha512",
             "diffie-hellman-group18-sha512", "diffie-hellman-group14-sha256"]
-ENCRYPTION_ALGS = ["chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com",
-                   "aes256-ctr", "aes192-ctr", "aes128-ctr"]
+# No chacha20-poly1305: asyncssh builds it from several cryptography calls per packet, and a
+# keystroke's echo took 0.48 ms longer with it than with AES-GCM (asyncssh client) and 0.22 ms
+# longer than with AES-CTR (OpenSSH's client, which lists CTR before GCM). It is also the cipher the
+# Terrapin attack targets. Every OpenSSH since 6.2 and PuTTY since 0.76 speak AES-GCM.
+ENCRYPTION_ALGS = ["aes256-gcm@openssh.com", "aes128-gcm@openssh.com", "aes256-ctr", "aes192-ctr", "aes128-ctr"]
 MAC_ALGS = ["hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512"]
 SIGNATURE_ALGS = ["ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
                   "rsa-sha2-512", "rsa-sha2-256", "sk-ssh-ed25519@openssh.com",
