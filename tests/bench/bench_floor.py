@@ -95,7 +95,7 @@ def serve_main() -> None:
 
 
 async def _measure(keys: int, ciphers: set[str]) -> dict[str, list[float]]:
-    from bench_web import OpenSshStream, Stream, _echo
+    from bench_web import OpenSshStream, SshStream, Stream, WsStream, _echo
 
     folder = Path(tempfile.mkdtemp(prefix="sercon-bench-floor-"))
     server = subprocess.Popen([sys.executable, __file__, "serve", str(folder)], stdout=subprocess.PIPE,
@@ -106,42 +106,14 @@ async def _measure(keys: int, ciphers: set[str]) -> dict[str, list[float]]:
         tls = ssl.create_default_context(cafile=info["cert"])
         session = aiohttp.ClientSession()
 
-        class WsEcho(Stream):
-            def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-                super().__init__()
-                self.ws = ws
-
-            async def send(self, data: bytes) -> None:
-                await self.ws.send_bytes(data)
-
-            async def _recv(self, timeout: float) -> bytes:
-                return bytes((await self.ws.receive(timeout=timeout)).data)
-
-            async def close(self) -> None:
-                await self.ws.close()
-
-        class SshEcho(Stream):
-            def __init__(self, conn: asyncssh.SSHClientConnection, process: asyncssh.SSHClientProcess[bytes]) -> None:
-                super().__init__()
-                self.conn, self.process = conn, process
-
-            async def send(self, data: bytes) -> None:
-                self.process.stdin.write(data)
-
-            async def _recv(self, timeout: float) -> bytes:
-                return await asyncio.wait_for(self.process.stdout.read(65536), timeout)
-
-            async def close(self) -> None:
-                self.conn.close()
-
         async def websocket() -> Stream:
-            return WsEcho(await session.ws_connect(f"https://127.0.0.1:{info['https']}/echo", ssl=tls))
+            return WsStream(await session.ws_connect(f"https://127.0.0.1:{info['https']}/echo", ssl=tls))
 
         async def ssh() -> Stream:
             conn = await asyncssh.connect("127.0.0.1", info["ssh"], username="bench", known_hosts=None,
                                           client_keys=None, agent_path=None, password=None)
             ciphers.add(str(conn.get_extra_info("send_cipher")))
-            return SshEcho(conn, await conn.create_process(term_type="xterm", encoding=None))
+            return SshStream(conn, await conn.create_process(term_type="xterm", encoding=None))
 
         async def openssh() -> Stream:
             stream = OpenSshStream(["ssh", "-tt", "-p", str(info["ssh"]), "-F", "none", "-o", "BatchMode=yes",
