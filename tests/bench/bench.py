@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record import Row, boot_to_login_ms, interleaved, machine_meta, save  # noqa: E402
+from record import Row, boot_to_login_ms, interleaved, machine_meta, run_true_ms, save  # noqa: E402
 
 from emulator import Machine, resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -170,12 +170,7 @@ def bench_round_trip(spec: GuestSpec, accel: str) -> Row:
             return out
 
         def block_sercon() -> list[float]:
-            out = []
-            for _ in range(BLOCK):
-                start = time.perf_counter()
-                shell.run("true")
-                out.append(ms(time.perf_counter() - start))
-            return out
+            return run_true_ms(shell, BLOCK)
 
         blocks: dict[str, Callable[[], float | list[float]]] = {
             "sercon run()": block_sercon,

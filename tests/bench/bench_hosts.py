@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record import Row, boot_to_login_ms, interleaved  # noqa: E402
+from record import Row, boot_to_login_ms, interleaved, run_true_ms  # noqa: E402
 
 from emulator import Machine  # noqa: E402
 from emulator.spec import GuestSpec  # noqa: E402
@@ -123,12 +123,7 @@ def bench_running(spec: GuestSpec, hosts: dict[str, str | None], notes: dict[str
 
         def rtt_block(shell: LinuxShell) -> Callable[[], list[float]]:
             def block() -> list[float]:
-                out = []
-                for _ in range(RTT_BLOCK):
-                    started = time.perf_counter()
-                    shell.run("true")
-                    out.append(ms(time.perf_counter() - started))
-                return out
+                return run_true_ms(shell, RTT_BLOCK)
             return block
 
         def sysrq(machine: Machine, shell: LinuxShell) -> Callable[[], float]:

@@ -48,6 +48,19 @@ def boot_to_login_ms(start: Callable[[], Any], timeout: float = 300) -> float:
         machine.stop()
 
 
+def run_true_ms(shell: Any, times: int) -> list[float]:
+    """`times` samples of `shell.run("true")` (a harness LinuxShell), in milliseconds each: the
+    run("true") rows of bench.py and bench_hosts.py."""
+    import time
+
+    out = []
+    for _ in range(times):
+        started = time.perf_counter()
+        shell.run("true")
+        out.append((time.perf_counter() - started) * 1000)
+    return out
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100), linear between closest ranks."""
     ordered = sorted(values)
