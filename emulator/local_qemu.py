@@ -27,6 +27,7 @@ from . import accel as accel_mod
 from . import firmware, snapshots
 from .backend import Backend
 from .errors import ActionFailed, GuestNotRunning, SerconError, SnapshotError
+from .pacing import BurstPacer
 from .qemu_args import SERIAL_ID, find_qemu, qemu_args
 
 if TYPE_CHECKING:
@@ -38,17 +39,16 @@ log = logging.getLogger("sercon.owner")
 #: fs.pipe-max-size and a user's total): room for a long burst while the owner is busy elsewhere.
 COM1_PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux's fcntl command; Python's fcntl module names it only from 3.10 on
-#: Output that streams (reads less than STREAM_GAP_S apart, more than STREAM_BYTES of them, faster
-#: than STREAM_RATE bytes/s: a burst, never an echo or a command's short answer) is read at most
-#: every STREAM_HOLD_S, so the owner wakes, logs and sends once per few KiB instead of per few bytes.
-#: The FIFO holds the output meanwhile: QEMU never waits. Off unless SERCON_SERIAL_PACE=1: twice,
-#: with pacing on (once on the old socket, once on these FIFOs), a UEFI guest reset just after a
-#: SysRq never sent another byte (QEMU's UART silent through three more boots, both FIFOs empty,
-#: the guest running). Not reproduced by hand; never seen with pacing off.
-STREAM_GAP_S = 0.001
-STREAM_BYTES = 4096
-STREAM_RATE = 150_000
-STREAM_HOLD_S = 0.005
+
+
+def com1_pacer() -> BurstPacer | None:
+    """Output that streams (reads less than 1 ms apart, more than 4 KiB of them, faster than
+    150 kB/s: a burst, never an echo or a command's short answer) is read at most every 5 ms, so
+    the owner wakes, logs and sends once per few KiB instead of per few bytes. The FIFO holds the
+    output meanwhile: QEMU never waits. SERCON_SERIAL_PACE=0 reads every byte as it comes."""
+    if os.environ.get("SERCON_SERIAL_PACE", "1") == "0":
+        return None
+    return BurstPacer(gap_s=0.001, min_bytes=4096, min_rate=150_000, hold_s=0.005)
 
 
 class Com1:
@@ -71,11 +71,10 @@ class Com1:
         self._pending = bytearray()
         self._drained: list[asyncio.Future[None]] = []
         self._reading = False
-        self.pace = os.environ.get("SERCON_SERIAL_PACE", "0") == "1"
-        # The current run of streaming output.
-        self.run_start = 0.0
-        self.run_last = 0.0
-        self.run_bytes = 0
+        self.pacer = com1_pacer()
+        #: Reads of COM1's output so far, and the bytes they brought (`sercon info`: bytes per read).
+        self.reads = 0
+        self.read_bytes = 0
         fds: list[int] = []
         try:
             for suffix in (".in", ".out"):
@@ -109,26 +108,18 @@ class Com1:
         except (BlockingIOError, InterruptedError):
             return
         if data:
+            self.reads += 1
+            self.read_bytes += len(data)
             self._on_data(data)
-            if self.pace:
-                self._pace(len(data))
-
-    def _pace(self, size: int) -> None:
-        """In a burst, leave the FIFO unread for STREAM_HOLD_S: the next read takes it all."""
-        now = time.monotonic()
-        if now - self.run_last > STREAM_GAP_S:
-            self.run_start, self.run_bytes = now, 0
-        self.run_last = now
-        self.run_bytes += size
-        if self.run_bytes <= STREAM_BYTES or self.run_bytes <= STREAM_RATE * (now - self.run_start):
-            return
-        assert self._loop is not None
-        self._loop.remove_reader(self._out)
-        self._reading = False
-        self._loop.call_later(STREAM_HOLD_S, self._resume_run)
+            hold = self.pacer.after_read(len(data), time.monotonic()) if self.pacer else 0.0
+            if hold and self._loop is not None:  # a burst: the next read takes all that comes meanwhile
+                self._loop.remove_reader(self._out)
+                self._reading = False
+                self._loop.call_later(hold, self._resume_run)
 
     def _resume_run(self) -> None:
-        self.run_last = time.monotonic()  # the read this brings continues the run
+        if self.pacer:
+            self.pacer.resumed(time.monotonic())
         self._resume()
 
     def drain(self) -> None:
@@ -361,8 +352,11 @@ class LocalQemu(Backend):
         return f"signal {-code}" if code < 0 else f"exit status {code}"
 
     def info(self) -> dict[str, Any]:
+        com1 = self._com1
         return {**super().info(),
-                "qemu_pid": self.proc.pid if self.proc and self.proc.returncode is None else None}
+                "qemu_pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
+                "com1_reads": com1.reads if com1 else 0, "com1_read_bytes": com1.read_bytes if com1 else 0,
+                "com1_paced": bool(com1 and com1.pacer)}
 
     # ------------------------------------------------------------- commands
 

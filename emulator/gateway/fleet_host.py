@@ -30,6 +30,7 @@ from ..images import resolve_image
 from ..machine import Machine
 from ..operations import Operation, gateway_operations, lookup
 from ..owner import SYSRQ_MAX_KEYS
+from ..pacing import BurstPacer
 from ..protocol import Frame, FrameDecoder, decode_reply, make_hello
 from ..serial_log import LogChunk, read_log
 from ..sysrq import parse_keys
@@ -80,15 +81,18 @@ def status_of(exc: SerconError) -> tuple[int, str]:
     return 500, "error"
 
 
-#: Reads closer together than this are a burst of output...
-STREAM_GAP_S = 0.01
-#: ...if the last read brought at least this many bytes (an echo is a few bytes)...
-COALESCE_MIN = 64
-#: ...during which each read first lets output gather for this long (the user who types)...
+#: A user's console output is paced like COM1 (emulator.pacing): reads less than 10 ms apart that
+#: bring more than 64 bytes (an echo is a few) are a burst, during which each read first lets
+#: output gather for COALESCE_S (the user who types)...
 COALESCE_S = 0.01
 #: ...or this long for a read-only viewer: 20 screen updates a second in a burst, so 20 viewers of
 #: one guest cost the gateway (and their browsers) a fifth of the frames and TLS records.
 COALESCE_VIEWER_S = 0.05
+
+
+def console_pacer(mode: str) -> BurstPacer:
+    return BurstPacer(gap_s=0.01, min_bytes=63, min_rate=0.0,
+                      hold_s=COALESCE_VIEWER_S if mode == "read" else COALESCE_S)
 
 
 @dataclass(eq=False)
@@ -130,24 +134,23 @@ class ConsoleConnection:
     async def output(self, limit: int = 256 * 1024) -> AsyncIterator[bytes]:
         """Guest output in as few pieces as keeps it prompt, until the stream ends.
 
-        A keystroke's echo goes out at once; during a burst (reads of `COALESCE_MIN` bytes or more,
-        less than `STREAM_GAP_S` apart) each read waits `COALESCE_S` first (`COALESCE_VIEWER_S`
-        for a read-only viewer), so one websocket frame or TLS record carries kilobytes instead
-        of a few bytes. Session events from the owner
-        (takeover) are taken from their frames here, never from the guest's bytes."""
+        A keystroke's echo goes out at once; in a burst each read waits first (`console_pacer`), so
+        one websocket frame or TLS record carries kilobytes instead of a few bytes. Session events
+        from the owner (takeover) are taken from their frames here, never from the guest's bytes."""
         decoder = FrameDecoder()
-        last, size = 0.0, 0
-        gather = COALESCE_VIEWER_S if self.mode == "read" else COALESCE_S
+        pacer = console_pacer(self.mode)
+        hold = 0.0
         while True:
-            if size >= COALESCE_MIN and time.monotonic() - last < STREAM_GAP_S:
-                await asyncio.sleep(gather)
+            if hold:
+                await asyncio.sleep(hold)
+                pacer.resumed(time.monotonic())
             try:
                 raw = await self.reader.read(limit)
             except ConnectionError:
                 raw = b""
             if not raw:
                 return
-            last, size = time.monotonic(), len(raw)
+            hold = pacer.after_read(len(raw), time.monotonic())
             data = b"".join(self._take(frame) for frame in decoder.feed(raw))
             if data:
                 yield data

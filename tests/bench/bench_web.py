@@ -3,7 +3,7 @@
 - throughput: a burst of guest output (`yes ... | head -c N`) timed from the command to its end
   marker, through the browser-side websocket client vs a bare QEMU's own serial socket (same
   image, same command; goal: web >= 90% of raw). The owner reads COM1 from QEMU's `pipe`
-  chardev (with SERCON_SERIAL_PACE=1, only every STREAM_HOLD_S in a burst). A bare QEMU on the
+  chardev (in a burst, only every 5 ms: emulator/pacing.py). A bare QEMU on the
   same FIFOs, read as bytes arrive, is reported beside the socket. The owner's console socket, read at the
   same time as the websocket, is reported too.
 - echo latency: one keystroke to its echo at a shell prompt, through the websocket and through
