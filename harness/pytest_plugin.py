@@ -144,7 +144,7 @@ def _login(machine: Machine) -> LinuxShell:
 
 @pytest.fixture(scope="session")
 def guest(request: pytest.FixtureRequest, sercon_home: Path, sercon_spec: GuestSpec) -> Iterator[Machine]:
-    """A booted guest shared by the session."""
+    """A guest shared by the session, started (it may still be booting: `shell` waits for its login)."""
     machine = _start(request, sercon_spec)
     yield machine
     _stop(request, machine)

@@ -89,7 +89,8 @@ def test_sysrq_help(guest: Machine, shell: LinuxShell) -> None:
     assert shell.run("echo still-here").output == "still-here\n"
 
 
-def test_sysrq_sequence_sends_each_key(guest: Machine) -> None:
+def test_sysrq_sequence_sends_each_key(guest: Machine, shell: LinuxShell) -> None:
+    """`shell`: the kernel is up (a SysRq sent while it boots is lost, as on real hardware)."""
     start = len(guest.read_log(0))
     assert guest.sysrq("MWH") == ["m", "w", "h"]
     data = wait_in_log(guest, rb"sysrq: HELP", start)
@@ -99,7 +100,9 @@ def test_sysrq_sequence_sends_each_key(guest: Machine) -> None:
     assert [e["keys"] for e in guest.events() if e["event"] == "sysrq"][-1] == "mwh"
 
 
-def test_sysrq_invalid_key_rejected(guest: Machine) -> None:
+def test_sysrq_invalid_key_rejected(guest: Machine, shell: LinuxShell) -> None:
+    """`shell`: the kernel is up. Run first on an xdist worker with only `guest`, the BREAK went out
+    before the 8250 driver was and the help text never came."""
     start = len(guest.read_log(0))
     with pytest.raises(InvalidSysRqKey) as caught:
         guest.sysrq("h!")
