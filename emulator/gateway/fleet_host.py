@@ -82,8 +82,9 @@ def status_of(exc: SerconError) -> tuple[int, str]:
 
 
 #: A user's console output is paced like COM1 (emulator.pacing): reads less than 10 ms apart that
-#: bring more than 64 bytes (an echo is a few) are a burst, during which each read first lets
-#: output gather for COALESCE_S (the user who types)...
+#: bring more than 64 bytes faster than 20 kB/s are a burst (an echo is a byte or a few, and the
+#: fastest typist's echoes come at well under 1 kB/s), during which each read first lets output
+#: gather for COALESCE_S (the user who types)...
 COALESCE_S = 0.01
 #: ...or this long for a read-only viewer: 20 screen updates a second in a burst, so 20 viewers of
 #: one guest cost the gateway (and their browsers) a fifth of the frames and TLS records.
@@ -91,7 +92,7 @@ COALESCE_VIEWER_S = 0.05
 
 
 def console_pacer(mode: str) -> BurstPacer:
-    return BurstPacer(gap_s=0.01, min_bytes=63, min_rate=0.0,
+    return BurstPacer(gap_s=0.01, min_bytes=63, min_rate=20_000,
                       hold_s=COALESCE_VIEWER_S if mode == "read" else COALESCE_S)
 
 

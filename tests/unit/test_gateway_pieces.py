@@ -16,7 +16,7 @@ from emulator.errors import ConsoleBusy, ControlError, SerconError
 from emulator.gateway.audit import AuditLog
 from emulator.gateway.auth import RateLimiter
 from emulator.gateway.fleet import Vm
-from emulator.gateway.fleet_host import ConsoleConnection
+from emulator.gateway.fleet_host import COALESCE_S, COALESCE_VIEWER_S, ConsoleConnection, console_pacer
 from emulator.protocol import FrameDecoder, decode_reply, encode_data, encode_event, make_hello, parse_hello
 from emulator.ssh_escape import Help, Quit, Send, SshEscapeParser, SysRq
 from emulator.trust import scrub_label
@@ -207,3 +207,16 @@ def test_bridge_keepalives_are_not_input_and_sessions_expire() -> None:
     assert asyncio.run(_bridge(0.5, [[Keepalive()]] * 30 + [[End("quit")]])) == "idle"
     assert asyncio.run(_bridge(5, [[ToGuest(b"x")]] * 12 + [[End("quit")]])) == "quit"
     assert asyncio.run(_bridge(60, [[ToGuest(b"x")]] * 100, expires_in=0.3)) == "expired"
+
+
+def test_console_pacer_never_holds_a_typists_echoes_and_gathers_a_burst() -> None:
+    """The gateway's pacing of one user's output: echoes of fast typing (a byte every 30 ms, and
+    a paste echoed a byte every millisecond for 5 s) always go out at once; a read of kilobytes
+    holds the next read for COALESCE_S, or COALESCE_VIEWER_S for a read-only viewer. With a rule
+    that counted only bytes (no rate), the paste's 64th echo was held."""
+    for gap in (0.03, 0.001):
+        pacer = console_pacer("interactive")
+        assert all(pacer.after_read(1, 100 + i * gap) == 0 for i in range(5000))
+    assert console_pacer("interactive").after_read(4096, 1.0) == COALESCE_S
+    assert console_pacer("read").after_read(4096, 1.0) == COALESCE_VIEWER_S
+    assert console_pacer("interactive").after_read(60, 1.0) == 0  # a short answer: at once
