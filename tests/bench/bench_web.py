@@ -18,6 +18,8 @@ with a `WebBench` from `start_bench()`. `python tests/bench/bench_web.py` prints
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import os
 import pty
@@ -50,7 +52,7 @@ from record import Row  # noqa: E402
 from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
 from emulator.gateway.auth import hash_password  # noqa: E402
-from emulator.qemu_args import find_qemu, qemu_args  # noqa: E402
+from emulator.qemu_args import SERIAL_ID, find_qemu, qemu_args  # noqa: E402
 
 BURST_BYTES = int(os.environ.get("SERCON_BENCH_BURST", "400000"))
 ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "100"))
@@ -338,9 +340,56 @@ class PipeStream(Stream):
         asyncio.get_running_loop().remove_reader(self.out_fd)
 
 
+def _qemu_tls_dir(folder: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1 signed by it, as QEMU's x509 credentials want them
+    (it refuses a self-signed server certificate as its own CA)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, mode=0o700)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
+              ca: bool) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+        if ca:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
+                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
+                critical=True)
+        else:
+            builder = (builder
+                       .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                      critical=False)
+                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                       .add_extension(x509.KeyUsage(
+                           digital_signature=True, content_commitment=False, key_encipherment=False,
+                           data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                           encipher_only=False, decipher_only=False), critical=True))
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    pem = serialization.Encoding.PEM
+    (folder / "ca-cert.pem").write_bytes(issue("bench CA", ca_key, "bench CA", ca_key, True).public_bytes(pem))
+    (folder / "server-cert.pem").write_bytes(
+        issue("127.0.0.1", server_key, "bench CA", ca_key, False).public_bytes(pem))
+    (folder / "server-key.pem").write_bytes(server_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+
 class BareQemu:
     """The same image under the same QEMU command line, its COM1 held directly here: on a socket
-    pair (what QEMU users mostly do), or on `pipe` FIFOs (the owner's own transport)."""
+    pair (what QEMU users mostly do), on `pipe` FIFOs (the owner's own transport), or served by
+    QEMU itself as a TLS websocket (`wss`: the chardev's `websocket=on` and `tls-creds`, no process
+    between the client and the UART; the web echo's floor)."""
 
     def __init__(self, transport: str = "socket") -> None:
         spec = resolve_image("linux-initramfs")
@@ -352,7 +401,22 @@ class BareQemu:
         pass_fds = [qmp_qemu.fileno()]
         self.serial: socket.socket | None = None
         self.fifo_fds: tuple[int, int] | None = None
-        if transport == "pipe":
+        self.port = 0
+        if transport == "wss":
+            _qemu_tls_dir(self.scratch / "tls")
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+            probe.close()
+            args = qemu_args(spec, accel=accel, serial_fd=0, qmp_fd=qmp_qemu.fileno(), name="bench-web-bare-wss",
+                             qemu=qemu)
+            at = next(i for i, arg in enumerate(args) if arg == "-chardev" and f"id={SERIAL_ID}" in args[i + 1])
+            # wait=on: the guest starts when the client is there, so it misses no byte
+            args[at + 1] = (f"socket,id={SERIAL_ID},host=127.0.0.1,port={self.port},server=on,wait=on,"
+                            "websocket=on,tls-creds=tls0")
+            args[at:at] = ["-object", f"tls-creds-x509,id=tls0,dir={self.scratch / 'tls'},endpoint=server,"
+                                      "verify-peer=off"]
+        elif transport == "pipe":
             base = self.scratch / "com1"
             for suffix in (".in", ".out"):
                 os.mkfifo(f"{base}{suffix}", 0o600)
@@ -371,17 +435,39 @@ class BareQemu:
         if self.serial is not None:
             self.serial.setblocking(False)
         self._stream: Stream | None = None
+        self._session: aiohttp.ClientSession | None = None
 
     async def stream(self) -> Stream:
         """COM1 as a stream (one per bare QEMU, made on the first call's event loop)."""
         if self._stream is None:
-            if self.fifo_fds is not None:
+            if self.port:
+                self._session = aiohttp.ClientSession()
+                context = ssl.create_default_context(cafile=str(self.scratch / "tls" / "ca-cert.pem"))
+                for _ in range(600):  # QEMU listens a moment after it starts
+                    try:
+                        ws = await self._session.ws_connect(f"wss://127.0.0.1:{self.port}/", ssl=context,
+                                                            max_msg_size=0)
+                        break
+                    except aiohttp.ClientConnectorError:
+                        await asyncio.sleep(0.05)
+                else:
+                    raise RuntimeError(f"QEMU's TLS websocket on port {self.port} never answered")
+                self._stream = WsStream(ws)
+            elif self.fifo_fds is not None:
                 self._stream = PipeStream(*self.fifo_fds)
             else:
                 assert self.serial is not None
                 reader, writer = await asyncio.open_connection(sock=self.serial)
                 self._stream = RawSocketStream(reader, writer)
         return self._stream
+
+    async def aclose(self) -> None:
+        """Close the client side first (the `wss` variant's session), then the QEMU."""
+        if self._stream is not None:
+            await self._stream.close()
+        if self._session is not None:
+            await self._session.close()
+        self.close()
 
     def close(self) -> None:
         self.proc.kill()
@@ -514,9 +600,15 @@ async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
     """Blocks of 10 keystrokes per path, interleaved. Console sessions are opened for each block
     (an interactive session takes over the last one, as the policy says), outside the timing; the
     raw QEMU socket stays open. The owner's console socket alone (harness mode: no gateway) splits
-    the web and SSH figures into the owner's hop and the gateway's."""
+    the web and SSH figures into the owner's hop and the gateway's. A websocket that QEMU serves
+    itself, over TLS, with no process between the client and the UART, is the web figure's floor:
+    what the protocol costs this client with nothing to log, fan out or authenticate."""
     raw = await bench.bare.stream()
     await raw.shell()
+    floor_qemu = BareQemu("wss")
+    floor = await floor_qemu.stream()
+    await floor.expect(b"login:", timeout=240)
+    await floor.shell()
     session = await bench.http()
 
     def per_block(opener: Callable[[], Awaitable[Stream]]) -> Callable[[], Awaitable[list[float]]]:
@@ -532,8 +624,12 @@ async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
     async def via_raw() -> list[float]:
         return await _echo(raw, 10)
 
+    async def via_qemu_wss() -> list[float]:
+        return await _echo(floor, 10)
+
     variants: dict[str, Callable[[], Awaitable[list[float]]]] = {
         "raw QEMU socket": via_raw,
+        "QEMU's own TLS websocket": via_qemu_wss,
         "owner socket": per_block(lambda: bench.console_reader("harness")),
         "websocket": per_block(lambda: bench.ws(session)),
         "ssh": per_block(bench.ssh),
@@ -544,8 +640,11 @@ async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
         for name in _abba(index, list(variants)):
             samples[name].extend(await variants[name]())
     await session.close()
+    await floor_qemu.aclose()
     return Row("web.echo", "one keystroke to its echo at a shell prompt", "ms", samples,
-               {"owner socket": "the owner's console socket in harness mode: the owner's hop, no gateway",
+               {"QEMU's own TLS websocket": "COM1 served by QEMU's chardev (websocket=on, tls-creds), aiohttp "
+                                            "client: no process between, the floor of any web front end",
+                "owner socket": "the owner's console socket in harness mode: the owner's hop, no gateway",
                 "websocket": "the browser's protocol, a session per block of 10 keys",
                 "ssh": "asyncssh client, " + ", ".join(sorted(bench.ssh_ciphers)),
                 "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"})

@@ -57,6 +57,10 @@ def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
         if "value" in goal:
             low, high = goal["ci95"]
             figure = f"{goal['value']:.3g} (95% CI {low:.3g} to {high:.3g}; limit {goal['limit']:g})"
+            if "floor" in goal:
+                floor = goal["floor"]
+                figure += (f"; floor {floor['value']:.3g} (95% CI {floor['ci95'][0]:.3g} to {floor['ci95'][1]:.3g}), "
+                           f"{floor['variant']}")
         else:
             figure = f"({goal.get('reason', '')})"
         mark = {"met": "MET", "missed": "MISSED", "undecided": "UNDECIDED"}.get(verdict, verdict.upper())
