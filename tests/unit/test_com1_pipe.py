@@ -173,3 +173,20 @@ def test_pacer_never_holds_the_first_read_of_a_run(history: list[tuple[int, floa
             now += pacer.hold_s
             pacer.resumed(now)
     assert pacer.after_read(echo, now + 0.002) == 0
+
+
+def test_com1_pacing_survives_the_writer_pausing_a_few_milliseconds() -> None:
+    """On a busy host QEMU's vCPU stops for a few ms in the middle of a burst. The run goes on:
+    after the first 4 KiB every read is held. With a 1 ms gap (before) each pause began a new
+    run, read a few bytes at a time again."""
+    pacer = com1_pacer()
+    assert pacer is not None
+    now, held = 0.0, []
+    for chunk in range(200):
+        now += 0.004 if chunk % 3 else 0.0001  # a pause of 4 ms every third read
+        hold = pacer.after_read(2048, now)
+        held.append(hold)
+        if hold:
+            now += hold
+            pacer.resumed(now)
+    assert all(held[3:])
