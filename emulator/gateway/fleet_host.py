@@ -82,7 +82,7 @@ def status_of(exc: SerconError) -> tuple[int, str]:
 
 
 #: A user's console output is paced like COM1 (emulator.pacing): reads less than 10 ms apart that
-#: bring more than 64 bytes faster than 20 kB/s are a burst (an echo is a byte or a few, and the
+#: bring 64 bytes or more, faster than 20 kB/s, are a burst (an echo is a byte or a few, and the
 #: fastest typist's echoes come at well under 1 kB/s), during which each read first lets output
 #: gather for COALESCE_S (the user who types)...
 COALESCE_S = 0.01

@@ -18,7 +18,6 @@ with a `WebBench` from `start_bench()`. `python tests/bench/bench_web.py` prints
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ipaddress
 import json
 import os
@@ -344,45 +343,19 @@ def _qemu_tls_dir(folder: Path) -> None:
     """A CA and a server certificate for 127.0.0.1 signed by it, as QEMU's x509 credentials want them
     (it refuses a self-signed server certificate as its own CA)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from emulator.gateway.tls import issue_certificate, write_private_key
 
     folder.mkdir(parents=True, mode=0o700)
-    now = datetime.datetime.now(datetime.UTC)
-
-    def issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, signer: ec.EllipticCurvePrivateKey,
-              ca: bool) -> x509.Certificate:
-        builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - datetime.timedelta(minutes=5))
-                   .not_valid_after(now + datetime.timedelta(days=1))
-                   .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-        if ca:
-            builder = builder.add_extension(x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False, data_encipherment=False,
-                key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False, decipher_only=False),
-                critical=True)
-        else:
-            builder = (builder
-                       .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                                      critical=False)
-                       .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                       .add_extension(x509.KeyUsage(
-                           digital_signature=True, content_commitment=False, key_encipherment=False,
-                           data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                           encipher_only=False, decipher_only=False), critical=True))
-        return builder.sign(signer, hashes.SHA256())
-
     ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    pem = serialization.Encoding.PEM
-    (folder / "ca-cert.pem").write_bytes(issue("bench CA", ca_key, "bench CA", ca_key, True).public_bytes(pem))
-    (folder / "server-cert.pem").write_bytes(
-        issue("127.0.0.1", server_key, "bench CA", ca_key, False).public_bytes(pem))
-    (folder / "server-key.pem").write_bytes(server_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    ca = issue_certificate("bench CA", ca_key, days=1, ca=True)
+    server = issue_certificate("127.0.0.1", server_key, days=1, issuer="bench CA", signer=ca_key,
+                               names=[x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    (folder / "ca-cert.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "server-cert.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    write_private_key(folder / "server-key.pem", server_key)
 
 
 class BareQemu:
