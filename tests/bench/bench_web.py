@@ -18,6 +18,7 @@ with a `WebBench` from `start_bench()`. `python tests/bench/bench_web.py` prints
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -50,11 +51,13 @@ from record import Row  # noqa: E402
 
 from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
+from emulator.gateway import ssh as gateway_ssh  # noqa: E402
 from emulator.gateway.auth import hash_password  # noqa: E402
 from emulator.qemu_args import SERIAL_ID, find_qemu, qemu_args  # noqa: E402
+from emulator.ssh_loopback import loopback_sshd  # noqa: E402
 
 BURST_BYTES = int(os.environ.get("SERCON_BENCH_BURST", "400000"))
-ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "100"))
+ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "200"))
 RUNS = int(os.environ.get("SERCON_BENCH_RUNS", "5"))
 VIEWERS = 20
 PASSWORD = "bench-password-" + secrets.token_hex(4)
@@ -172,9 +175,12 @@ class WsStream(Stream):
 
 
 class SshStream(Stream):
-    def __init__(self, conn: asyncssh.SSHClientConnection, process: asyncssh.SSHClientProcess[bytes]) -> None:
+    """An asyncssh client session; `escape` is what ends it from the far side (the gateway's `~.`)."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, process: asyncssh.SSHClientProcess[bytes],
+                 escape: bytes = b"\r~.") -> None:
         super().__init__()
-        self.conn, self.process = conn, process
+        self.conn, self.process, self.escape = conn, process, escape
 
     async def send(self, data: bytes) -> None:
         self.process.stdin.write(data)
@@ -183,7 +189,8 @@ class SshStream(Stream):
         return await asyncio.wait_for(self.process.stdout.read(65536), timeout)
 
     async def close(self) -> None:
-        self.process.stdin.write(b"\r~.")
+        if self.escape:
+            self.process.stdin.write(self.escape)
         self.conn.close()
 
 
@@ -360,9 +367,10 @@ def _qemu_tls_dir(folder: Path) -> None:
 
 class BareQemu:
     """The same image under the same QEMU command line, its COM1 held directly here: on a socket
-    pair (what QEMU users mostly do), on `pipe` FIFOs (the owner's own transport), or served by
+    pair (what QEMU users mostly do), on `pipe` FIFOs (the owner's own transport), served by
     QEMU itself as a TLS websocket (`wss`: the chardev's `websocket=on` and `tls-creds`, no process
-    between the client and the UART; the web echo's floor)."""
+    between the client and the UART; the web echo's floor), or on a listening Unix socket (`unix`,
+    `self.unix_path`: for a client that is not this process, OpenSSH's sshd running `nc -U`)."""
 
     def __init__(self, transport: str = "socket") -> None:
         spec = resolve_image("linux-initramfs")
@@ -371,11 +379,18 @@ class BareQemu:
         self.transport = transport
         self.qmp, qmp_qemu = socket.socketpair()
         self.scratch = Path(tempfile.mkdtemp(prefix="sercon-bench-bare-"))
-        pass_fds = [qmp_qemu.fileno()]
+        qemu_ends = [qmp_qemu]  # QEMU's ends of the socket pairs, closed here once it has them
         self.serial: socket.socket | None = None
         self.fifo_fds: tuple[int, int] | None = None
         self.port = 0
-        if transport == "wss":
+        self.unix_path = self.scratch / "com1.sock"
+        if transport == "unix":
+            args = qemu_args(spec, accel=accel, serial_fd=0, qmp_fd=qmp_qemu.fileno(), name="bench-web-bare-unix",
+                             qemu=qemu)
+            at = next(i for i, arg in enumerate(args) if arg == "-chardev" and f"id={SERIAL_ID}" in args[i + 1])
+            # wait=off: the guest boots at once; `booted()` watches its output up to the login prompt
+            args[at + 1] = f"socket,id={SERIAL_ID},path={self.unix_path},server=on,wait=off"
+        elif transport == "wss":
             _qemu_tls_dir(self.scratch / "tls")
             probe = socket.socket()
             probe.bind(("127.0.0.1", 0))
@@ -399,12 +414,25 @@ class BareQemu:
                              name="bench-web-bare-pipe", qemu=qemu)
         else:
             self.serial, serial_qemu = socket.socketpair()
-            pass_fds.append(serial_qemu.fileno())
+            qemu_ends.append(serial_qemu)
             args = qemu_args(spec, accel=accel, serial_fd=serial_qemu.fileno(), qmp_fd=qmp_qemu.fileno(),
                              name="bench-web-bare", qemu=qemu)
-        self.proc = subprocess.Popen(args, pass_fds=pass_fds, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for fd in pass_fds:
-            os.close(fd)
+        self.proc = subprocess.Popen(args, pass_fds=[end.fileno() for end in qemu_ends], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        for end in qemu_ends:  # close() the objects, or their collection would close a reused descriptor
+            end.close()
+        if transport == "unix":
+            # Connect at once: QEMU listens before the guest runs, and drops what it prints to no client.
+            self.serial = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            for _ in range(600):
+                try:
+                    self.serial.connect(str(self.unix_path))
+                    break
+                except (FileNotFoundError, ConnectionRefusedError):
+                    time.sleep(0.02)
+            else:
+                self.close()
+                raise RuntimeError(f"QEMU never listened on {self.unix_path}")
         if self.serial is not None:
             self.serial.setblocking(False)
         self._stream: Stream | None = None
@@ -433,6 +461,18 @@ class BareQemu:
                 reader, writer = await asyncio.open_connection(sock=self.serial)
                 self._stream = RawSocketStream(reader, writer)
         return self._stream
+
+    async def booted(self, timeout: float = 240) -> None:
+        """`unix` only: wait for the login prompt on the connection made at start, then hang up, so
+        the next client (sshd's `nc -U`) is the first to type (early input slows a boot)."""
+        assert self.transport == "unix" and self.serial is not None
+        reader, writer = await asyncio.open_connection(sock=self.serial)
+        probe = RawSocketStream(reader, writer)
+        try:
+            await probe.expect(b"login:", timeout=timeout)
+        finally:
+            await probe.close()
+            self.serial = None
 
     async def aclose(self) -> None:
         """Close the client side first (the `wss` variant's session), then the QEMU."""
@@ -575,14 +615,30 @@ async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
     raw QEMU socket stays open. The owner's console socket alone (harness mode: no gateway) splits
     the web and SSH figures into the owner's hop and the gateway's. A websocket that QEMU serves
     itself, over TLS, with no process between the client and the UART, is the web figure's floor:
-    what the protocol costs this client with nothing to log, fan out or authenticate."""
+    what the protocol costs this client with nothing to log, fan out or authenticate. OpenSSH's sshd
+    running `nc -U` on a bare QEMU's COM1 socket is the SSH figure's floor (the same client and
+    ciphers as the `ssh` path; root only, as sshd switches users). Every front end of sercon pays
+    both its protocol and the owner's hop, so the `owner socket` figure bounds them too."""
+    async with contextlib.AsyncExitStack() as stack:
+        return await _echo_row(bench, keys, stack)
+
+
+async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack) -> Row:
     raw = await bench.bare.stream()
     await raw.shell()
     floor_qemu = BareQemu("wss")
+    stack.push_async_callback(floor_qemu.aclose)
+    behind_sshd = BareQemu("unix")
+    stack.callback(behind_sshd.close)
     floor = await floor_qemu.stream()
     await floor.expect(b"login:", timeout=240)
     await floor.shell()
+    await behind_sshd.booted()
     session = await bench.http()
+    stack.push_async_callback(session.close)
+    sshd = None
+    if os.geteuid() == 0:  # a real sshd switches users: root only (as in CI)
+        sshd = stack.enter_context(loopback_sshd())
 
     def per_block(opener: Callable[[], Awaitable[Stream]]) -> Callable[[], Awaitable[list[float]]]:
         async def block() -> list[float]:
@@ -600,24 +656,39 @@ async def bench_echo(bench: WebBench, keys: int = ECHO_KEYS) -> Row:
     async def via_qemu_wss() -> list[float]:
         return await _echo(floor, 10)
 
+    async def qemu_behind_sshd() -> SshStream:
+        assert sshd is not None
+        conn = await asyncssh.connect("127.0.0.1", sshd.port, username=sshd.user, client_keys=[str(sshd.key_file)],
+                                      known_hosts=str(sshd.known_hosts), agent_path=None,
+                                      encryption_algs=gateway_ssh.ENCRYPTION_ALGS)
+        bench.ssh_ciphers.add(str(conn.get_extra_info("send_cipher")))
+        # The session's pty passes bytes as they are, as the gateway's does; nc is the only hop.
+        process = await conn.create_process(f"stty raw -echo; exec nc -U {behind_sshd.unix_path}",
+                                            term_type="xterm", encoding=None)
+        return SshStream(conn, process, escape=b"")
+
     variants: dict[str, Callable[[], Awaitable[list[float]]]] = {
         "raw QEMU socket": via_raw,
         "QEMU's own TLS websocket": via_qemu_wss,
+        "QEMU behind OpenSSH's sshd": per_block(qemu_behind_sshd),
         "owner socket": per_block(lambda: bench.console_reader("harness")),
         "websocket": per_block(lambda: bench.ws(session)),
         "ssh": per_block(bench.ssh),
         "ssh, OpenSSH client": per_block(bench.openssh),
     }
+    if sshd is None:
+        del variants["QEMU behind OpenSSH's sshd"]
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for index in range(max(1, keys // 10)):
         for name in _abba(index, list(variants)):
             samples[name].extend(await variants[name]())
-    await session.close()
-    await floor_qemu.aclose()
     return Row("web.echo", "one keystroke to its echo at a shell prompt", "ms", samples,
                {"QEMU's own TLS websocket": "COM1 served by QEMU's chardev (websocket=on, tls-creds), aiohttp "
                                             "client: no process between, the floor of any web front end",
-                "owner socket": "the owner's console socket in harness mode: the owner's hop, no gateway",
+                "QEMU behind OpenSSH's sshd": "asyncssh client (the ssh row's ciphers), OpenSSH's sshd on a pty, "
+                                              "nc -U to COM1's socket: no owner, the floor of any SSH front end",
+                "owner socket": "the owner's console socket in harness mode: the owner's hop, no gateway; "
+                                "every front end adds its protocol and its own hop to it",
                 "websocket": "the browser's protocol, a session per block of 10 keys",
                 "ssh": "asyncssh client, " + ", ".join(sorted(bench.ssh_ciphers)),
                 "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"})
