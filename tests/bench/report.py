@@ -57,10 +57,17 @@ def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
         if "value" in goal:
             low, high = goal["ci95"]
             figure = f"{goal['value']:.3g} (95% CI {low:.3g} to {high:.3g}; limit {goal['limit']:g})"
-            if "floor" in goal:
-                floor = goal["floor"]
-                figure += (f"; floor {floor['value']:.3g} (95% CI {floor['ci95'][0]:.3g} to {floor['ci95'][1]:.3g}), "
-                           f"{floor['variant']}")
+            floors = goal.get("floors", [])
+            if floors:
+                figure += "; floors: " + ", ".join(
+                    f"{f['variant']} {f['value']:.3g} (95% CI {f['ci95'][0]:.3g} to {f['ci95'][1]:.3g})"
+                    for f in floors)
+            if "bound" in goal:
+                bound = goal["bound"]
+                figure += (f"; their costs added {bound['value']:.3g} (95% CI {bound['ci95'][0]:.3g} to "
+                           f"{bound['ci95'][1]:.3g})")
+                if not bound["reachable"]:
+                    figure += ": no front end through the owner can meet the limit on this host"
         else:
             figure = f"({goal.get('reason', '')})"
         mark = {"met": "MET", "missed": "MISSED", "undecided": "UNDECIDED"}.get(verdict, verdict.upper())

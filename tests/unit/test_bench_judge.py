@@ -1,0 +1,66 @@
+"""How `make bench` judges a goal (tests/bench/record.py), on synthetic samples with known answers."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from record import Goal, Row, excess_sum_ci, judge
+
+
+def spread(center: float, n: int = 60, width: float = 0.02) -> list[float]:
+    """n samples evenly around `center` (a tight, known median)."""
+    return [center + width * (i / (n - 1) - 0.5) for i in range(n)]
+
+
+GOAL = Goal("echo", "echo at most 1.2x raw", "echo", "front end", "ratio_max", 1.2, "raw",
+            floors=("protocol alone", "owner hop alone"))
+
+
+def row(front: float, protocol: float, hop: float) -> dict[str, Row]:
+    samples = {"raw": spread(1.0), "front end": spread(front), "protocol alone": spread(protocol),
+               "owner hop alone": spread(hop)}
+    return {"echo": Row("echo", "echo", "ms", samples)}
+
+
+def test_verdicts_follow_the_interval() -> None:
+    assert judge(GOAL, row(1.1, 1.05, 1.05))["verdict"] == "met"
+    assert judge(GOAL, row(1.5, 1.05, 1.05))["verdict"] == "missed"
+    wide = row(1.2, 1.05, 1.05)
+    assert judge(GOAL, wide)["verdict"] == "undecided"
+
+
+def test_each_floor_is_reported_with_its_interval() -> None:
+    result = judge(GOAL, row(1.6, 1.18, 1.21))
+    floors = {f["variant"]: f for f in result["floors"]}
+    assert set(floors) == {"protocol alone", "owner hop alone"}
+    assert abs(floors["protocol alone"]["value"] - 1.18) < 0.01
+    low, high = floors["owner hop alone"]["ci95"]
+    assert low <= floors["owner hop alone"]["value"] <= high
+
+
+def test_costs_paid_in_turn_add_up() -> None:
+    """Two floors of 1.18x and 1.21x: a path paying both is at least 1.39x, which no 1.2x limit
+    admits. (Taking the larger floor instead of the sum makes this fail: 1.21 looks reachable.)"""
+    result = judge(GOAL, row(1.6, 1.18, 1.21))
+    bound = result["bound"]
+    assert abs(bound["value"] - 1.39) < 0.01
+    assert bound["ci95"][0] > 1.2
+    assert bound["reachable"] is False
+    cheap = judge(GOAL, row(1.1, 1.05, 1.08))["bound"]
+    assert abs(cheap["value"] - 1.13) < 0.01 and cheap["reachable"] is True
+
+
+def test_excess_sum_of_one_part_is_its_ratio() -> None:
+    point, low, high = excess_sum_ci([spread(1.3)], spread(1.0))
+    assert abs(point - 1.3) < 0.01 and low <= point <= high
+
+
+def test_a_missing_floor_is_left_out() -> None:
+    rows = row(1.6, 1.18, 1.21)
+    del rows["echo"].samples["protocol alone"]
+    result = judge(GOAL, rows)
+    assert [f["variant"] for f in result["floors"]] == ["owner hop alone"]
+    assert "bound" not in result
