@@ -108,7 +108,7 @@ def write_plot(result: dict[str, Any], path: Path = PLOT) -> None:
     for ax, row in zip(axes.flat, rows, strict=False):
         names = [n for n, v in row["samples"].items() if v]
         data = [row["samples"][n] for n in names]
-        ax.boxplot(data, vert=False, whis=(10, 90), showfliers=False)
+        ax.boxplot(data, orientation="horizontal", whis=(10, 90), showfliers=False)
         for i, values in enumerate(data, start=1):
             jitter = [i + ((k * 37) % 21 - 10) / 60 for k in range(len(values))]
             ax.scatter(values, jitter, s=6, alpha=0.5)
