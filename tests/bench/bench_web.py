@@ -385,24 +385,19 @@ class BareQemu:
         self.port = 0
         self.unix_path = self.scratch / "com1.sock"
         if transport == "unix":
-            args = qemu_args(spec, accel=accel, serial_fd=0, qmp_fd=qmp_qemu.fileno(), name="bench-web-bare-unix",
-                             qemu=qemu)
-            at = next(i for i, arg in enumerate(args) if arg == "-chardev" and f"id={SERIAL_ID}" in args[i + 1])
             # wait=off: the guest boots at once; `booted()` watches its output up to the login prompt
-            args[at + 1] = f"socket,id={SERIAL_ID},path={self.unix_path},server=on,wait=off"
+            args = self._with_com1(spec, accel, qemu, qmp_qemu, "bench-web-bare-unix",
+                                   f"path={self.unix_path},server=on,wait=off")
         elif transport == "wss":
             _qemu_tls_dir(self.scratch / "tls")
             probe = socket.socket()
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
             probe.close()
-            args = qemu_args(spec, accel=accel, serial_fd=0, qmp_fd=qmp_qemu.fileno(), name="bench-web-bare-wss",
-                             qemu=qemu)
-            at = next(i for i, arg in enumerate(args) if arg == "-chardev" and f"id={SERIAL_ID}" in args[i + 1])
             # wait=on: the guest starts when the client is there, so it misses no byte
-            args[at + 1] = (f"socket,id={SERIAL_ID},host=127.0.0.1,port={self.port},server=on,wait=on,"
-                            "websocket=on,tls-creds=tls0")
-            args[at:at] = ["-object", f"tls-creds-x509,id=tls0,dir={self.scratch / 'tls'},endpoint=server,"
+            args = self._with_com1(spec, accel, qemu, qmp_qemu, "bench-web-bare-wss",
+                                   f"host=127.0.0.1,port={self.port},server=on,wait=on,websocket=on,tls-creds=tls0")
+            args[1:1] = ["-object", f"tls-creds-x509,id=tls0,dir={self.scratch / 'tls'},endpoint=server,"
                                       "verify-peer=off"]
         elif transport == "pipe":
             base = self.scratch / "com1"
@@ -437,6 +432,14 @@ class BareQemu:
             self.serial.setblocking(False)
         self._stream: Stream | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    @staticmethod
+    def _with_com1(spec: Any, accel: str, qemu: str, qmp: socket.socket, name: str, socket_options: str) -> list[str]:
+        """The bench's QEMU command line with COM1 on a socket chardev QEMU opens itself (`socket_options`)."""
+        args = qemu_args(spec, accel=accel, serial_fd=0, qmp_fd=qmp.fileno(), name=name, qemu=qemu)
+        at = next(i for i, arg in enumerate(args) if arg == "-chardev" and f"id={SERIAL_ID}" in args[i + 1])
+        args[at + 1] = f"socket,id={SERIAL_ID},{socket_options}"
+        return args
 
     async def stream(self) -> Stream:
         """COM1 as a stream (one per bare QEMU, made on the first call's event loop)."""

@@ -77,28 +77,27 @@ def summary(values: Sequence[float]) -> dict[str, float]:
             "p90": percentile(values, 90), "mean": statistics.fmean(values)}
 
 
+def _pick(stat: str) -> Callable[[Sequence[float]], float]:
+    return statistics.median if stat == "p50" else statistics.fmean
+
+
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], *, stat: str = "p50",
              seed: int = 1) -> tuple[float, float, float]:
     """(point, low, high): the ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI."""
-    pick: Callable[[Sequence[float]], float] = (
-        statistics.median if stat == "p50" else statistics.fmean)
-    point = pick(numerator) / pick(denominator)
-    rng = random.Random(seed)
-    ratios = sorted(
-        pick(rng.choices(numerator, k=len(numerator))) / pick(rng.choices(denominator, k=len(denominator)))
-        for _ in range(BOOTSTRAP))
-    return point, percentile(ratios, 2.5), percentile(ratios, 97.5)
+    return excess_sum_ci([numerator], denominator, stat=stat, seed=seed)
 
 
 def excess_sum_ci(parts: Sequence[Sequence[float]], baseline: Sequence[float], *, stat: str = "p50",
                   seed: int = 1) -> tuple[float, float, float]:
     """(point, low, high) of 1 + the sum of each part's excess over `baseline` (stat(part)/stat(baseline) - 1),
-    with a bootstrap 95% CI: what a path that pays every part's extra cost in turn cannot beat."""
-    pick: Callable[[Sequence[float]], float] = (
-        statistics.median if stat == "p50" else statistics.fmean)
+    with a bootstrap 95% CI: what a path that pays every part's extra cost in turn cannot beat. With
+    one part it is that part's ratio to the baseline."""
+    pick = _pick(stat)
 
     def bound(draws: Sequence[Sequence[float]], base: Sequence[float]) -> float:
         b = pick(base)
+        if len(draws) == 1:
+            return pick(draws[0]) / b
         return 1 + sum(pick(d) / b - 1 for d in draws)
 
     point = bound(parts, baseline)
