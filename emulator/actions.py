@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from .backend import Backend
     from .serial_log import SerialLog
+    from .snapshots import Snapshot
     from .spec import GuestSpec
 
 #: Longest SysRq sequence one request may send (each key is a BREAK on the UART).
@@ -43,9 +44,11 @@ class Actions:
         def _require_running(self) -> Backend: ...
         async def _qmp(self, command: str, args: dict[str, Any] | None = None) -> Any: ...
         async def _write_serial(self, data: bytes) -> None: ...
-        async def _stop_qemu(self) -> None: ...
+        async def _stop_qemu(self, graceful: bool = True) -> None: ...
         async def _snapshot_key(self) -> str: ...
-        async def power_on(self, reason: str = "power on", snapshot: str | None = None) -> None: ...
+        backend: Backend
+
+        async def power_on(self, reason: str = "power on", snapshot: str | None = None) -> Snapshot | None: ...
         def listener(self, event: str) -> contextlib.AbstractContextManager[asyncio.Future[dict[str, Any]]]: ...
 
     async def save_snapshot(self, name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,9 +72,11 @@ class Actions:
     async def restore_snapshot(self, name: str) -> None:
         """Replace this guest's QEMU by one loaded from snapshot `name`; clients stay attached."""
         self.record("power_off", reason=f"restore {name}")
-        await self._stop_qemu()
-        await self.power_on(reason=f"restore {name}", snapshot=name)
+        await self._stop_qemu(graceful=False)  # its state is being thrown away: no clean exit needed
+        snap = await self.power_on(reason=f"restore {name}", snapshot=name)
         self._notice_all(f"restored from snapshot {name}")
+        if snap is not None:  # restored in place once, likely to be again: the backend may get ready
+            await self.backend.keep_spare(snap)
 
     async def sysrq(self, keys: str, interval: float = 0.1) -> list[str]:
         """BREAK then key, once per key; `interval` seconds between keys of a sequence.

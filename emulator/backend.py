@@ -72,6 +72,10 @@ class Backend(abc.ABC):
         """Stop, and let go of whatever the backend holds (the owner is ending)."""
         await self.stop()
 
+    async def keep_spare(self, snapshot: Snapshot) -> None:  # noqa: B027 - a backend may keep no spare
+        """The guest was just restored in place from `snapshot`: a backend may get the next restore
+        of it ready in the background (the local one loads a paused QEMU)."""
+
     @property
     @abc.abstractmethod
     def running(self) -> bool:

@@ -152,12 +152,12 @@ def missing_firmware_message(path: str) -> str:
     return f"firmware file not found: {path}"
 
 
-def vars_copy(template: str, folder: Path, saved: Path | None = None) -> Path:
+def vars_copy(template: str, folder: Path, saved: Path | None = None, name: str = VARS_COPY) -> Path:
     """A fresh writable copy of the VARS flash for one power-on, in the guest's folder.
 
     `saved` (a snapshot's copy) wins over the template, so a restored guest keeps its variables.
     """
-    target = folder / VARS_COPY
+    target = folder / name
     target.unlink(missing_ok=True)
     shutil.copyfile(saved if saved is not None and saved.is_file() else template, target)
     target.chmod(0o600)

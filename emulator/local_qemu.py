@@ -3,11 +3,20 @@
 The owner holds COM1 and QMP before QEMU starts, so no byte is emitted before someone reads it.
 QEMU gets SIGKILL if the owner dies (no orphan keeps running). Guest RAM is a shared memfd, so a
 snapshot copies it as it is instead of streaming it (see emulator/snapshots.py).
+
+A guest restored in place is likely to be restored again (a test suite going back to one state
+between tests), so after each such restore the backend loads a *spare*: a second QEMU for the same
+snapshot, paused, with its own FIFOs, overlay and UEFI variables in `spare/` (numbered, and never
+renamed: QEMU opens an image again by its name when a migration hands it back). The next restore
+of that snapshot swaps processes instead of starting one: QEMU's own start-up (~35 ms here,
+whatever its arguments) and the load leave the restore's path. The spare costs a paused QEMU's
+memory; SERCON_RESTORE_SPARE=0 turns it off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import fcntl
 import logging
@@ -17,6 +26,7 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +39,7 @@ from .backend import Backend
 from .errors import ActionFailed, GuestNotRunning, SerconError, SnapshotError
 from .pacing import BurstPacer
 from .qemu_args import SERIAL_ID, find_qemu, qemu_args
+from .trust import private_dir
 
 if TYPE_CHECKING:
     from .snapshots import Snapshot
@@ -39,6 +50,27 @@ log = logging.getLogger("sercon.owner")
 #: fs.pipe-max-size and a user's total): room for a long burst while the owner is busy elsewhere.
 COM1_PIPE_BYTES = 1 << 20
 F_SETPIPE_SZ = 1031  # Linux's fcntl command; Python's fcntl module names it only from 3.10 on
+
+
+#: A spare starts this long after the restore that asks for it: the restored guest's first
+#: commands (which the new QEMU translates afresh, the slow part of a restore) go first.
+SPARE_DELAY_S = 0.25
+
+
+#: Extra QEMU options a spare may repeat: none opens, binds or locks anything on the host, so two
+#: QEMUs of one guest can hold them at once. Any other (a chardev's socket path, a netdev's host
+#: port, a drive) might be taken from the running guest by its spare: such a guest gets no spare.
+SPARE_SAFE_OPTIONS = frozenset({
+    "-boot", "-cpu", "-rtc", "-global", "-device", "-smbios", "-no-reboot", "-no-hpet", "-action", "-msg",
+    "-overcommit", "-icount", "-k", "-usb", "-vga",
+})
+
+
+def spares_enabled(extra_args: list[str]) -> bool:
+    """SERCON_RESTORE_SPARE=0 turns spares off; so do extra options that may hold a host resource."""
+    if os.environ.get("SERCON_RESTORE_SPARE", "1") == "0":
+        return False
+    return all(arg in SPARE_SAFE_OPTIONS for arg in extra_args if arg.startswith("-"))
 
 
 def com1_pacer() -> BurstPacer | None:
@@ -68,8 +100,8 @@ class Com1:
     Both FIFOs are opened here, read-write and non-blocking, before QEMU starts: no byte is lost,
     and no end of file is seen when QEMU exits (the process watcher reports that)."""
 
-    def __init__(self, folder: Path, on_data: Callable[[bytes], None]) -> None:
-        self.path = folder / "com1"
+    def __init__(self, folder: Path, on_data: Callable[[bytes], None], name: str = "com1") -> None:
+        self.path = folder / name
         self._on_data = on_data
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending = bytearray()
@@ -194,6 +226,45 @@ class Com1:
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
 
+@dataclass
+class _Launch:
+    """A QEMU just spawned, with what is its alone."""
+
+    proc: asyncio.subprocess.Process
+    com1: Com1
+    qmp_socket: socket.socket
+    #: Its own disk overlay and copy of the UEFI variables, if the guest has them.
+    overlay: Path | None
+    vars_file: Path | None
+    #: The snapshot RAM file it maps private (None: RAM in a shared memfd).
+    ram_file: str | None
+    #: The migration URI to load with `migrate-incoming` (None: nothing to load, or it loads by itself).
+    incoming: str | None
+
+
+def _identity(snapshot: Snapshot) -> tuple[Any, ...] | None:
+    """What tells one saved state from another of the same name (saved again: new files)."""
+    try:
+        files = [snapshot.state, *([snapshot.ram] if snapshot.ram else [])]
+        return (str(snapshot.folder), *((st.st_ino, st.st_mtime_ns, st.st_size) for st in map(os.stat, files)))
+    except OSError:
+        return None
+
+
+class _Spare:
+    """A QEMU loaded from a snapshot and paused, to take over the guest at the next restore of it."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot.name
+        self.identity = _identity(snapshot)
+        self.task: asyncio.Task[None] | None = None
+        self.started = False
+        self.launch: _Launch | None = None
+        self.qmp: QMPClient | None = None
+        self.ready = False
+        self.disposed = False
+
+
 def _with_parent_death(args: list[str]) -> tuple[list[str], dict[str, Any]]:
     """QEMU's command and spawn options so that it gets SIGKILL if the owner dies (no orphan QEMU
     keeps running), in its own session. util-linux's `setpriv --pdeathsig` does it in the child
@@ -229,63 +300,32 @@ class LocalQemu(Backend):
         self.exit_status: int | None = None
         #: The snapshot RAM file the current QEMU maps private (None: RAM in a shared memfd).
         self._ram_file: str | None = None
+        self._spare: _Spare | None = None
+        self._launches = 0
+        #: The current QEMU's disk overlay and UEFI variables (a spare's, once one took over).
+        self._overlay: Path | None = None
+        self._vars_file: Path | None = None
 
     # ------------------------------------------------------------ lifecycle
 
     async def power_on(self, reason: str, snapshot: Snapshot | None = None) -> dict[str, Any]:
         if self.proc is not None and self.proc.returncode is None:
             raise SerconError("QEMU is already running for this guest")
-        qemu = find_qemu()
         if not self.accel:
             await self.choose_accel()
-        state_file = None
-        self._ram_file = None
-        backing: tuple[str, str | None] | None = (self.spec.disk, self.spec.disk_format) if self.spec.disk else None
         if snapshot is not None:
-            state_file = snapshot.state.open("rb")
-            self._ram_file = str(snapshot.ram) if snapshot.ram else None
-            if (snapshot.folder / "disk.qcow2").exists():
-                backing = (str(snapshot.folder / "disk.qcow2"), "qcow2")
-        overlay = None
-        if self.spec.disk and self.spec.disk_snapshot and backing is not None:
-            overlay = await self._make_overlay(*backing)
-        vars_file = None
-        if self.spec.firmware_vars:  # UEFI: this power-on's own copy of the variable store
-            saved_vars = snapshot.folder / firmware.VARS_COPY if snapshot is not None else None
-            vars_file = firmware.vars_copy(self.spec.firmware_vars, self.folder, saved_vars)
-        com1 = Com1(self.folder, self.hooks.on_serial)
-        qmp_ours, qmp_qemu = socket.socketpair()
-        args = qemu_args(
-            self.spec, accel=self.accel, serial_pipe=str(com1.path), qmp_fd=qmp_qemu.fileno(),
-            name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None, ram_file=self._ram_file,
-            firmware_vars=str(vars_file) if vars_file else None,
-        )
-        pass_fds = [qmp_qemu.fileno()]
-        incoming = f"fd:{state_file.fileno()}" if state_file is not None else ""
-        if state_file is not None:
-            # With the RAM in a file, the stream needs x-ignore-shared set first: defer, then load.
-            args += ["-incoming", "defer" if self._ram_file else incoming]
-            pass_fds.append(state_file.fileno())
-        with self.qemu_log_path.open("ab") as qlog:
-            qlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {reason}: {' '.join(args)}\n".encode())
-            qlog.flush()
-            command, spawn = _with_parent_death(args)
-            try:
-                self.proc = await asyncio.create_subprocess_exec(
-                    *command, stdin=asyncio.subprocess.DEVNULL, stdout=qlog, stderr=qlog, pass_fds=pass_fds, **spawn,
-                )
-            except BaseException:
-                com1.close()  # no QEMU to use the FIFOs: do not leave them, or their descriptors, behind
-                raise
-        qmp_qemu.close()
-        if state_file is not None:
-            state_file.close()
+            spare = await self._take_spare(snapshot)
+            if spare is not None:
+                return await self._adopt(spare, reason, snapshot)
+        launch = await self._launch(reason, snapshot, self.folder)
+        qmp_ours, proc, com1 = launch.qmp_socket, launch.proc, launch.com1
+        self._ram_file, self._overlay, self._vars_file = launch.ram_file, launch.overlay, launch.vars_file
+        self.proc = proc
         self._expected_exit = False
         self.exit_status = None
-        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name if snapshot else None, qemu_pid=self.proc.pid)
+        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name if snapshot else None, qemu_pid=proc.pid)
         com1.start()
         self._com1 = com1
-        proc = self.proc
         self._tasks = [asyncio.create_task(self._watch_process(proc), name="process")]
         self.qmp_client = QMPClient(self.name)
         try:
@@ -297,11 +337,182 @@ class LocalQemu(Backend):
             ) from exc
         self._tasks.append(asyncio.create_task(self._pump_qmp_events(self.qmp_client), name="qmp-events"))
         if snapshot is not None:
-            if self._ram_file:
-                await self._set_ignore_shared(True)
-                await self.qmp("migrate-incoming", {"uri": incoming})
+            await self._load(self.qmp_client, launch)
             await self._wait_restored(snapshot.name)
-        return {"qemu_pid": self.proc.pid}
+        return {"qemu_pid": proc.pid}
+
+    async def _launch(self, reason: str, snapshot: Snapshot | None, folder: Path, spare: bool = False) -> _Launch:
+        """Spawn a QEMU for the spec (or `snapshot`) whose own files (COM1's FIFOs, the disk overlay,
+        the UEFI variables) are in `folder`; QMP not yet connected, the state not yet loaded. A
+        `spare` waits for `migrate-incoming` and stays paused after loading."""
+        qemu = find_qemu()
+        state_file = None
+        ram_file = None
+        backing: tuple[str, str | None] | None = (self.spec.disk, self.spec.disk_format) if self.spec.disk else None
+        if snapshot is not None:
+            state_file = snapshot.state.open("rb")
+            ram_file = str(snapshot.ram) if snapshot.ram else None
+            if (snapshot.folder / "disk.qcow2").exists():
+                backing = (str(snapshot.folder / "disk.qcow2"), "qcow2")
+        self._launches += 1  # a spare's files are numbered: each QEMU's stay its own until it exits
+        suffix = "" if folder == self.folder else f"-{self._launches}"
+        try:
+            overlay = None
+            if self.spec.disk and self.spec.disk_snapshot and backing is not None:
+                overlay = await self._make_overlay(*backing, target=folder / f"overlay{suffix}.qcow2")
+            vars_file = None
+            if self.spec.firmware_vars:  # UEFI: this power-on's own copy of the variable store
+                saved_vars = snapshot.folder / firmware.VARS_COPY if snapshot is not None else None
+                vars_file = firmware.vars_copy(self.spec.firmware_vars, folder, saved_vars, f"efivars{suffix}.fd")
+            com1 = Com1(folder, self.hooks.on_serial, f"com1{suffix}")
+        except BaseException:
+            if state_file is not None:
+                state_file.close()
+            raise
+        qmp_ours, qmp_qemu = socket.socketpair()
+        args = qemu_args(
+            self.spec, accel=self.accel, serial_pipe=str(com1.path), qmp_fd=qmp_qemu.fileno(),
+            name=self.name, qemu=qemu, disk_overlay=str(overlay) if overlay else None, ram_file=ram_file,
+            firmware_vars=str(vars_file) if vars_file else None,
+        )
+        pass_fds = [qmp_qemu.fileno()]
+        incoming = f"fd:{state_file.fileno()}" if state_file is not None else ""
+        if state_file is not None:
+            # With the RAM in a file, the stream needs x-ignore-shared set first: defer, then load.
+            args += ["-incoming", "defer" if ram_file or spare else incoming]
+            pass_fds.append(state_file.fileno())
+        if spare:
+            args += ["-S"]  # loaded, it stays paused whatever run state the snapshot was saved in
+        with self.qemu_log_path.open("ab") as qlog:
+            qlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {reason}: {' '.join(args)}\n".encode())
+            qlog.flush()
+            command, spawn = _with_parent_death(args)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.DEVNULL, stdout=qlog, stderr=qlog, pass_fds=pass_fds, **spawn,
+                )
+            except BaseException:
+                com1.close()  # no QEMU to use the FIFOs: do not leave them, or their descriptors, behind
+                qmp_ours.close()
+                if spare:  # nor a spare's files (a guest's own are made afresh by its next power-on)
+                    for path in (overlay, vars_file):
+                        if path is not None:
+                            path.unlink(missing_ok=True)
+                raise
+            finally:
+                qmp_qemu.close()
+                if state_file is not None:
+                    state_file.close()
+        deferred = incoming if state_file is not None and (ram_file or spare) else None
+        return _Launch(proc, com1, qmp_ours, overlay, vars_file, ram_file, deferred)
+
+    async def _load(self, qmp: QMPClient, launch: _Launch) -> None:
+        """Start loading the snapshot into a QEMU that waits for it (`-incoming defer`)."""
+        if launch.incoming is None:
+            return  # it loads by itself (-incoming fd:N)
+        await self._set_ignore_shared(launch.ram_file is not None, qmp)
+        await self._execute(qmp, "migrate-incoming", {"uri": launch.incoming})
+
+    # ------------------------------------------------------------ the spare
+
+    async def keep_spare(self, snapshot: Snapshot) -> None:
+        """After a restore in place: load the next QEMU for `snapshot` in the background, paused,
+        so that the next restore of it is a swap."""
+        await self._discard_spare()
+        if not spares_enabled(self.spec.extra_args):
+            return
+        spare = _Spare(snapshot)
+        spare.task = asyncio.create_task(self._start_spare(spare, snapshot), name="spare")
+        self._spare = spare
+
+    async def _start_spare(self, spare: _Spare, snapshot: Snapshot) -> None:
+        await asyncio.sleep(SPARE_DELAY_S)
+        spare.started = True
+        try:
+            spare.launch = launch = await self._launch(
+                f"spare for restore {snapshot.name}", snapshot, private_dir(self.folder / "spare"), spare=True)
+            spare.qmp = QMPClient(f"{self.name}-spare")
+            await asyncio.wait_for(spare.qmp.connect(launch.qmp_socket), timeout=30)
+            await self._load(spare.qmp, launch)
+            deadline = time.monotonic() + 60
+            while (await self._execute(spare.qmp, "query-status")).get("status") != "paused":
+                if time.monotonic() > deadline:
+                    raise ActionFailed("it did not load within 60 s")
+                await asyncio.sleep(0.005)
+            spare.ready = True
+            log.info("%s: spare QEMU %d loaded from snapshot %s", self.name, launch.proc.pid, snapshot.name)
+        except asyncio.CancelledError:
+            await self._dispose(spare)
+            raise
+        except Exception as exc:  # a spare only saves time: whatever failed, restores go on
+            # The next restore starts its QEMU as without a spare, and says why if that fails too.
+            log.warning("%s: no spare QEMU for snapshot %s: %s", self.name, snapshot.name, exc)
+            await self._dispose(spare)
+
+    async def _take_spare(self, snapshot: Snapshot) -> _Spare | None:
+        """The spare loaded from this very snapshot, alive, or None (any other spare is discarded)."""
+        spare = self._spare
+        if spare is None:
+            return None
+        if spare.task is not None and not spare.task.done() and spare.started and spare.identity == _identity(snapshot):
+            await asyncio.wait({spare.task})  # loading: waiting for it beats starting another
+        if spare.ready and spare.identity == _identity(snapshot) and spare.launch is not None \
+                and spare.launch.proc.returncode is None:
+            self._spare = None
+            return spare
+        await self._discard_spare()
+        return None
+
+    async def _discard_spare(self) -> None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return
+        if spare.task is not None and not spare.task.done():
+            spare.task.cancel()
+            await asyncio.wait({spare.task})
+        await self._dispose(spare)
+
+    async def _dispose(self, spare: _Spare) -> None:
+        if spare.disposed:
+            return
+        spare.disposed = True
+        if spare.qmp is not None:
+            with contextlib.suppress(QMPError, EOFError, OSError):
+                await spare.qmp.disconnect()
+        launch = spare.launch
+        if launch is None:
+            return
+        if launch.proc.returncode is None:
+            launch.proc.kill()
+        await launch.proc.wait()
+        launch.com1.close()
+        launch.qmp_socket.close()
+        for path in (launch.overlay, launch.vars_file):
+            if path is not None:
+                path.unlink(missing_ok=True)
+
+    async def _adopt(self, spare: _Spare, reason: str, snapshot: Snapshot) -> dict[str, Any]:
+        """The spare becomes the guest's QEMU: its COM1 is read, its events reach the owner (none
+        from before: they were its loading's), and it runs."""
+        launch, qmp = spare.launch, spare.qmp
+        assert launch is not None and qmp is not None
+        self._ram_file, self._overlay, self._vars_file = launch.ram_file, launch.overlay, launch.vars_file
+        self.proc = launch.proc
+        self._expected_exit = False
+        self.exit_status = None
+        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name, qemu_pid=launch.proc.pid, spare=True)
+        launch.com1.start()
+        self._com1 = launch.com1
+        self._tasks = [asyncio.create_task(self._watch_process(launch.proc), name="process")]
+        self.qmp_client = qmp
+        qmp.events.clear()
+        self._tasks.append(asyncio.create_task(self._pump_qmp_events(qmp), name="qmp-events"))
+        await self._wait_restored(snapshot.name)
+        return {"qemu_pid": launch.proc.pid}
+
+    async def close(self) -> None:
+        await self._discard_spare()
+        await self.stop()
 
     async def choose_accel(self) -> None:
         """KVM when it really boots guests here, else TCG (see emulator/accel.py)."""
@@ -318,7 +529,9 @@ class LocalQemu(Backend):
         proc = self.proc
         if proc is not None and proc.returncode is None:
             self._expected_exit = True
-            if graceful and self.qmp_client is not None:
+            if not graceful:
+                proc.kill()
+            elif self.qmp_client is not None:
                 try:
                     await asyncio.wait_for(self.qmp_client.execute("quit"), timeout=5)
                 except (TimeoutError, QMPError, EOFError, OSError):
@@ -337,6 +550,13 @@ class LocalQemu(Backend):
         for task in self._tasks:
             task.cancel()
         self._tasks = []
+        if self._com1 is not None and (proc is None or proc.returncode is not None):
+            self._com1.close()  # what the process watcher does, had it run before being cancelled
+            self._com1 = None
+        for path in (self._overlay, self._vars_file):
+            if path is not None and path.parent != self.folder:  # a spare's: nobody loads it again
+                path.unlink(missing_ok=True)
+        self._overlay = self._vars_file = None
 
     async def resume_after_poweroff(self, reason: str) -> None:
         # After a guest poweroff (-no-shutdown) QEMU refuses `cont` until a reset has happened.
@@ -360,7 +580,14 @@ class LocalQemu(Backend):
         return {**super().info(),
                 "qemu_pid": self.proc.pid if self.proc and self.proc.returncode is None else None,
                 "com1_reads": com1.reads if com1 else 0, "com1_read_bytes": com1.read_bytes if com1 else 0,
-                "com1_paced": bool(com1 and com1.pacer)}
+                "com1_paced": bool(com1 and com1.pacer), "restore_spare": self._spare_info()}
+
+    def _spare_info(self) -> dict[str, Any] | None:
+        spare = self._spare
+        if spare is None:
+            return None
+        pid = spare.launch.proc.pid if spare.launch is not None else None
+        return {"snapshot": spare.snapshot, "ready": spare.ready, "qemu_pid": pid}
 
     # ------------------------------------------------------------- commands
 
@@ -370,7 +597,10 @@ class LocalQemu(Backend):
         return self.qmp_client
 
     async def qmp(self, command: str, args: dict[str, Any] | None = None) -> Any:
-        qmp = self._client()
+        return await self._execute(self._client(), command, args)
+
+    @staticmethod
+    async def _execute(qmp: QMPClient, command: str, args: dict[str, Any] | None = None) -> Any:
         try:
             return await asyncio.wait_for(qmp.execute(command, args), timeout=30)
         except (TimeoutError, QMPError, EOFError, OSError) as exc:
@@ -406,17 +636,17 @@ class LocalQemu(Backend):
                 if status.get("status") in ("failed", "cancelled"):
                     raise ActionFailed(f"saving snapshot {snapshot!r} failed: {status.get('error-desc', status)}")
                 await asyncio.sleep(0.01)
-            overlay = self.folder / "overlay.qcow2"
-            if self.spec.disk and not (self.spec.disk_snapshot and overlay.exists()):
+            overlay = self._overlay
+            if self.spec.disk and not (self.spec.disk_snapshot and overlay is not None and overlay.exists()):
                 raise ActionFailed(
                     f"snapshot of {self.name}: its disk is written in place; snapshots of disk guests need "
                     "disk_snapshot=True (writes to a throw-away overlay that the snapshot can keep)"
                 )
-            if overlay.exists() and self.spec.disk:
+            if overlay is not None and overlay.exists() and self.spec.disk:
                 # Migration has completed: QEMU flushed and released the disk, so a copy is consistent.
                 shutil.copyfile(overlay, tmp / "disk.qcow2")
-            if self.spec.firmware_vars:  # the UEFI variables go with the state, as the disk does
-                shutil.copyfile(self.folder / firmware.VARS_COPY, tmp / firmware.VARS_COPY)
+            if self.spec.firmware_vars and self._vars_file is not None:  # they go with the state, as the disk does
+                shutil.copyfile(self._vars_file, tmp / firmware.VARS_COPY)
             if shared_ram:  # the guest is still stopped: its RAM cannot change under the copy
                 await asyncio.get_running_loop().run_in_executor(
                     None, snapshots.copy_sparse, self._ram_memfd(), tmp / snapshots.RAM_FILE)
@@ -424,10 +654,11 @@ class LocalQemu(Backend):
             await self.qmp("cont")
         return {}
 
-    async def _set_ignore_shared(self, on: bool) -> None:
-        """x-ignore-shared: migration leaves shared RAM (the memfd) out of the stream."""
-        await self.qmp("migrate-set-capabilities",
-                       {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
+    async def _set_ignore_shared(self, on: bool, qmp: QMPClient | None = None) -> None:
+        """x-ignore-shared: migration leaves shared RAM (the memfd, or a snapshot's RAM file mapped
+        private) out of the stream."""
+        await self._execute(qmp or self._client(), "migrate-set-capabilities",
+                            {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
 
     def _ram_memfd(self) -> Path:
         """QEMU's memfd holding the guest RAM, as /proc/PID/fd/N."""
@@ -442,9 +673,9 @@ class LocalQemu(Backend):
                 continue
         raise ActionFailed(f"the RAM of {self.name} is not in a memfd (QEMU {self.proc.pid})")
 
-    async def _make_overlay(self, backing: str, backing_format: str | None) -> Path:
-        """A fresh qcow2 overlay in the guest folder: the guest's writes never reach `backing`."""
-        overlay = self.folder / "overlay.qcow2"
+    async def _make_overlay(self, backing: str, backing_format: str | None, target: Path) -> Path:
+        """A fresh qcow2 overlay at `target`: the guest's writes never reach `backing`."""
+        overlay = target
         overlay.unlink(missing_ok=True)
         if not backing_format:  # qemu-img insists on knowing it; qcow2 files say so in their first bytes
             with open(backing, "rb") as fh:

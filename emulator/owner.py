@@ -102,10 +102,10 @@ class ConsoleOwner(ConsoleClients, Actions):
 
     # ------------------------------------------------------------ power / QEMU
 
-    async def power_on(self, reason: str = "power on", snapshot: str | None = None) -> None:
+    async def power_on(self, reason: str = "power on", snapshot: str | None = None) -> snapshots.Snapshot | None:
         """Start a QEMU for this guest (a new boot, with the same console).
 
-        With `snapshot`, the new QEMU loads that saved state instead of booting.
+        With `snapshot`, the new QEMU loads that saved state instead of booting; returns it.
         """
         if self.backend.running:
             raise SerconError("QEMU is already running for this guest")
@@ -125,6 +125,7 @@ class ConsoleOwner(ConsoleClients, Actions):
         if snapshot is not None:
             self.record("restored", snapshot=snapshot)
         self._set_state(State.RUNNING)
+        return snap
 
     async def _snapshot_key(self) -> str:
         hypervisor = await asyncio.get_running_loop().run_in_executor(None, self.backend.hypervisor_id)
@@ -212,8 +213,8 @@ class ConsoleOwner(ConsoleClients, Actions):
         self.record("qemu_exited", how=how, expected=False, qemu_log=detail)
         self._notice_all(f"QEMU exited unexpectedly ({how}); the serial log is kept. Power cycle to start again.")
 
-    async def _stop_qemu(self) -> None:
-        await self.backend.stop()
+    async def _stop_qemu(self, graceful: bool = True) -> None:
+        await self.backend.stop(graceful)
 
     # ------------------------------------------------------------------ actions
 

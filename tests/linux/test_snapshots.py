@@ -7,7 +7,9 @@ emulator/snapshots.py for why a migration stream and not qcow2 internal snapshot
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,6 +73,61 @@ def test_restore_into_a_running_guest_keeps_the_console(restored_guest: Machine,
     after = restored_guest.read_log(0)
     assert after[:len(before)] == before and len(after) > len(before)  # kept, and the log goes on
     assert [e["event"] for e in restored_guest.events()].count("restored") == 2
+
+
+def _spare_when_ready(machine: Machine, timeout: float = 120.0) -> dict[str, object]:
+    """The paused QEMU the owner loads after a restore in place, once it has loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spare = machine.info()["restore_spare"]
+        if spare and spare["ready"]:
+            return spare  # type: ignore[no-any-return]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no spare QEMU loaded within {timeout:.0f}s: {spare}")
+        time.sleep(0.05)
+
+
+def _last_power_on(machine: Machine) -> dict[str, object]:
+    return [e for e in machine.events() if e["event"] == "power_on"][-1]
+
+
+def test_a_second_restore_swaps_in_the_loaded_spare(restored_guest: Machine, restored_shell: LinuxShell) -> None:
+    """After a restore in place the owner loads a spare QEMU (paused) from the same snapshot; the
+    next restore of it makes that QEMU the guest's: the same console, the snapshot's state, and no
+    spare left once the guest stops. A snapshot saved again under the same name is new files, so the
+    spare loaded from the old ones is not used. Broken on purpose once: with `_take_spare` ignoring
+    the snapshot's identity, the guest came back without /tmp/generation and this test failed."""
+    local_ram_only(restored_guest)
+    restored_guest.restore("logged-in")  # the first restore in place: a new QEMU, and a spare after it
+    assert not _last_power_on(restored_guest).get("spare")
+    shell = LinuxShell.resume(restored_shell.console, restored_shell.nonce)
+    spare = _spare_when_ready(restored_guest)
+    shell.run("export X=changed; echo dirty > /tmp/left-behind")
+    restored_guest.restore("logged-in")
+    event = _last_power_on(restored_guest)
+    assert event["spare"] is True and event["qemu_pid"] == spare["qemu_pid"] == restored_guest.info()["qemu_pid"]
+    shell = LinuxShell.resume(restored_shell.console, restored_shell.nonce)
+    assert shell.run("echo ${X:-unset}; ls /tmp/left-behind").output.startswith("unset\n")
+    assert shell.run("ls /tmp/left-behind").exit_status != 0
+
+    # Saved again under one name: the spare of the first save is set aside, the second save loads.
+    restored_guest.snapshot("spare-test", nonce=shell.nonce)
+    restored_guest.restore("spare-test")
+    shell = LinuxShell.resume(restored_shell.console, restored_shell.nonce)
+    _spare_when_ready(restored_guest)
+    shell.run("echo second > /tmp/generation")
+    restored_guest.snapshot("spare-test", nonce=shell.nonce)
+    shell.run("rm /tmp/generation")
+    restored_guest.restore("spare-test")
+    shell = LinuxShell.resume(restored_shell.console, restored_shell.nonce)
+    assert shell.run("cat /tmp/generation").output == "second\n"
+    assert not _last_power_on(restored_guest).get("spare")
+
+    pids = [spare["qemu_pid"], _spare_when_ready(restored_guest)["qemu_pid"], restored_guest.info()["qemu_pid"]]
+    restored_guest.stop()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(pid), 0)
 
 
 def test_corrupt_and_foreign_snapshots_are_refused(restored_guest: Machine, sercon_spec: object) -> None:
