@@ -33,6 +33,7 @@ SERCON_BENCH_SKIP (comma list of boot,rtt,actions,snapshots,memory,images,web,ho
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -40,7 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -281,28 +282,69 @@ def bench_snapshots(image: str, accel: str) -> Row:
         finally:
             machine.stop()
 
-    resident: list[Machine] = []
+    residents: dict[bool, Machine] = {}
 
-    def restore_in_place() -> float:
-        if not resident:
-            resident.append(Machine(spec, name="bench-restore-resident", from_snapshot=f"bench-{image}").start())
-        started = time.perf_counter()
-        resident[0].restore(f"bench-{image}")
-        shell = LinuxShell.resume(Console.for_machine(resident[0], from_offset=None), nonce)
-        shell.run("true")
-        elapsed = time.perf_counter() - started
-        shell.console.close()
-        return ms(elapsed)
+    def resident(spare: bool) -> Machine:
+        if spare not in residents:
+            with environment(SERCON_RESTORE_SPARE="1" if spare else "0"):  # read by the owner
+                machine = Machine(spec, name=f"bench-restore-resident-{int(spare)}",
+                                  from_snapshot=f"bench-{image}").start()
+            residents[spare] = machine
+            machine.restore(f"bench-{image}")  # restored in place once: with spares on, one loads now
+        if spare:
+            wait_for_spare(residents[spare])
+        return residents[spare]
+
+    def restore_in_place(spare: bool) -> Callable[[], float]:
+        def sample() -> float:
+            machine = resident(spare)
+            started = time.perf_counter()
+            machine.restore(f"bench-{image}")
+            shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
+            shell.run("true")
+            elapsed = time.perf_counter() - started
+            shell.console.close()
+            return ms(elapsed)
+        return sample
 
     try:
         samples = interleaved(RUNS, {"cold boot": cold, "restore": restore,  # the first cold boot saves it
-                                     "restore into a running guest": restore_in_place})
+                                     "restore into a running guest": restore_in_place(True),
+                                     "restore into a running guest, no spare": restore_in_place(False)})
     finally:
-        for machine in resident:
+        for machine in residents.values():
             machine.stop()
     return Row(row_id, label, "ms", samples, {
         "restore": "a new guest (owner process and QEMU start) from the snapshot, until its shell answers",
-        "restore into a running guest": "`restore` on a running guest: a new QEMU behind the same owner"})
+        "restore into a running guest": "`restore` on a running guest, then `run(\"true\")`: the paused QEMU the "
+                                        "owner loaded after the previous restore takes over (spare PSS: QEMU PSS row)",
+        "restore into a running guest, no spare": "the same with SERCON_RESTORE_SPARE=0: a new QEMU starts and loads"})
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def wait_for_spare(machine: Machine, timeout: float = 60.0) -> int:
+    """The pid of the paused QEMU the owner loads after a restore in place, once it has loaded."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spare = machine.info()["restore_spare"]
+        if spare and spare["ready"]:
+            return int(spare["qemu_pid"])
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{machine.name}: no spare QEMU loaded within {timeout:.0f}s ({spare})")
+        time.sleep(0.02)
 
 
 def pss_mib(pid: int) -> float:
@@ -335,11 +377,17 @@ def bench_memory(spec: GuestSpec, guests: int = 10) -> Row:
                 shell.run("true")
                 shell.console.close()
             samples[variant] = [pss_mib(int(m.info()["qemu_pid"])) for m in running]
+            if variant == "restored":  # each restored in place once more: the owner loads a spare
+                for machine in running:
+                    machine.restore("bench-memory")
+                samples["restore spare"] = [pss_mib(wait_for_spare(m)) for m in running]
         finally:
             for machine in running:
                 machine.stop()
     return Row("memory", f"QEMU PSS per guest, {guests} guests at a shell at once", "MiB", samples,
-               {"restored": "all from one snapshot: RAM pages shared until a guest writes them"})
+               {"restored": "all from one snapshot: RAM pages shared until a guest writes them",
+                "restore spare": "the paused QEMU a guest restored in place keeps for its next restore, "
+                                 "in addition to its own"})
 
 
 # ---------------------------------------------------------------------------- main
