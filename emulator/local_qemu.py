@@ -318,18 +318,11 @@ class LocalQemu(Backend):
             if spare is not None:
                 return await self._adopt(spare, reason, snapshot)
         launch = await self._launch(reason, snapshot, self.folder)
-        qmp_ours, proc, com1 = launch.qmp_socket, launch.proc, launch.com1
-        self._ram_file, self._overlay, self._vars_file = launch.ram_file, launch.overlay, launch.vars_file
-        self.proc = proc
-        self._expected_exit = False
-        self.exit_status = None
-        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name if snapshot else None, qemu_pid=proc.pid)
-        com1.start()
-        self._com1 = com1
-        self._tasks = [asyncio.create_task(self._watch_process(proc), name="process")]
+        proc = launch.proc
+        self._become_current(launch, reason, snapshot)
         self.qmp_client = QMPClient(self.name)
         try:
-            await asyncio.wait_for(self.qmp_client.connect(qmp_ours), timeout=30)
+            await asyncio.wait_for(self.qmp_client.connect(launch.qmp_socket), timeout=30)
         except (TimeoutError, QMPError, OSError) as exc:
             await self.stop()
             raise SerconError(
@@ -406,6 +399,19 @@ class LocalQemu(Backend):
         deferred = incoming if state_file is not None and (ram_file or spare) else None
         return _Launch(proc, com1, qmp_ours, overlay, vars_file, ram_file, deferred)
 
+    def _become_current(self, launch: _Launch, reason: str, snapshot: Snapshot | None, **fields: Any) -> None:
+        """`launch` is the guest's QEMU from now on: its files, its process watched, a new boot
+        recorded (before its first byte or event), its COM1 read."""
+        self._ram_file, self._overlay, self._vars_file = launch.ram_file, launch.overlay, launch.vars_file
+        self.proc = launch.proc
+        self._expected_exit = False
+        self.exit_status = None
+        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name if snapshot else None,
+                                 qemu_pid=launch.proc.pid, **fields)
+        launch.com1.start()
+        self._com1 = launch.com1
+        self._tasks = [asyncio.create_task(self._watch_process(launch.proc), name="process")]
+
     async def _load(self, qmp: QMPClient, launch: _Launch) -> None:
         """Start loading the snapshot into a QEMU that waits for it (`-incoming defer`)."""
         if launch.incoming is None:
@@ -454,10 +460,10 @@ class LocalQemu(Backend):
         spare = self._spare
         if spare is None:
             return None
-        if spare.task is not None and not spare.task.done() and spare.started and spare.identity == _identity(snapshot):
+        same = spare.identity == _identity(snapshot)
+        if same and spare.started and spare.task is not None and not spare.task.done():
             await asyncio.wait({spare.task})  # loading: waiting for it beats starting another
-        if spare.ready and spare.identity == _identity(snapshot) and spare.launch is not None \
-                and spare.launch.proc.returncode is None:
+        if same and spare.ready and spare.launch is not None and spare.launch.proc.returncode is None:
             self._spare = None
             return spare
         await self._discard_spare()
@@ -496,14 +502,7 @@ class LocalQemu(Backend):
         from before: they were its loading's), and it runs."""
         launch, qmp = spare.launch, spare.qmp
         assert launch is not None and qmp is not None
-        self._ram_file, self._overlay, self._vars_file = launch.ram_file, launch.overlay, launch.vars_file
-        self.proc = launch.proc
-        self._expected_exit = False
-        self.exit_status = None
-        self.hooks.on_powered_on(reason=reason, snapshot=snapshot.name, qemu_pid=launch.proc.pid, spare=True)
-        launch.com1.start()
-        self._com1 = launch.com1
-        self._tasks = [asyncio.create_task(self._watch_process(launch.proc), name="process")]
+        self._become_current(launch, reason, snapshot, spare=True)
         self.qmp_client = qmp
         qmp.events.clear()
         self._tasks.append(asyncio.create_task(self._pump_qmp_events(qmp), name="qmp-events"))
