@@ -44,8 +44,9 @@ def _host_key(qemu: str) -> str:
     return f"{boot_id}|{qemu_id}"
 
 
-def choose_accel(requested: str, qemu: str, kernel: str | None) -> tuple[str, str]:
-    """(accelerator, reason) for a guest; `requested` is the spec's accel ("auto", "tcg", "kvm")."""
+def known_choice(requested: str, qemu: str) -> tuple[str, str] | None:
+    """The verdict when it needs no probe (asked for, no usable /dev/kvm, or cached): a few small
+    reads, cheap enough for an owner's event loop. None: only a probe can tell."""
     forced = os.environ.get("SERCON_ACCEL", "").strip().lower()
     if forced in ("tcg", "kvm"):
         return forced, f"forced by SERCON_ACCEL={forced}"
@@ -55,19 +56,26 @@ def choose_accel(requested: str, qemu: str, kernel: str | None) -> tuple[str, st
         return requested, f"requested accel={requested}"
     if not kvm_accessible():
         return "tcg", "/dev/kvm is missing or not accessible"
-    cache_file = paths.cache() / "accel.json"
-    key = _host_key(qemu)
     try:
-        cached = json.loads(cache_file.read_text())
-        if cached.get("key") == key:
+        cached = json.loads((paths.cache() / "accel.json").read_text())
+        if cached.get("key") == _host_key(qemu):
             return cached["accel"], f"cached probe verdict: {cached['reason']}"
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, AttributeError):
         pass
+    return None
+
+
+def choose_accel(requested: str, qemu: str, kernel: str | None) -> tuple[str, str]:
+    """(accelerator, reason) for a guest; `requested` is the spec's accel ("auto", "tcg", "kvm")."""
+    known = known_choice(requested, qemu)
+    if known is not None:
+        return known
     if not kernel:
         return "tcg", "no kernel to probe KVM with (disk images are probed through their kernel only)"
     accel, reason = probe_kvm(qemu, kernel)
+    cache_file = paths.cache() / "accel.json"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    cache_file.write_text(json.dumps({"key": key, "accel": accel, "reason": reason}))
+    cache_file.write_text(json.dumps({"key": _host_key(qemu), "accel": accel, "reason": reason}))
     return accel, reason
 
 

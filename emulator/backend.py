@@ -20,6 +20,7 @@ An action written in `emulator.actions` on top of this interface reaches both.
 from __future__ import annotations
 
 import abc
+import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -121,6 +122,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def hypervisor_id(self) -> str:
         """What a saved state depends on besides the spec: the QEMU (and host) that made it."""
+
+    async def hypervisor(self) -> str:
+        """`hypervisor_id` from the event loop (in a thread: it may ask a host or run QEMU)."""
+        return await asyncio.to_thread(self.hypervisor_id)
 
     @abc.abstractmethod
     async def save_state(self, tmp: Path, snapshot: str, key: str) -> dict[str, Any]:

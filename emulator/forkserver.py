@@ -48,9 +48,7 @@ def enabled() -> bool:
 def server_key(env: dict[str, str]) -> str:
     """What a warm owner depends on: the interpreter, the code, the SERCON_* settings."""
     h = hashlib.sha256(sys.executable.encode())
-    for path in sorted(PACKAGE.rglob("*.py")):
-        if "node_modules" in path.parts:
-            continue
+    for path in _sources():
         stat = path.stat()
         h.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     for name in sorted(env):
@@ -58,6 +56,16 @@ def server_key(env: dict[str, str]) -> str:
             h.update(f"{name}={env[name]}".encode())
     h.update(str(os.getuid()).encode())
     return h.hexdigest()[:12]
+
+
+def _sources() -> list[Path]:
+    """The package's Python files, without walking the web client's node_modules (a third of
+    the cost of every guest start went to that walk)."""
+    found = []
+    for folder, subfolders, files in os.walk(PACKAGE):
+        subfolders[:] = sorted(d for d in subfolders if d not in ("node_modules", "__pycache__"))
+        found += [Path(folder, name) for name in sorted(files) if name.endswith(".py")]
+    return found
 
 
 def socket_path(key: str) -> Path:

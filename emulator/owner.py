@@ -128,8 +128,7 @@ class ConsoleOwner(ConsoleClients, Actions):
         return snap
 
     async def _snapshot_key(self) -> str:
-        hypervisor = await asyncio.get_running_loop().run_in_executor(None, self.backend.hypervisor_id)
-        return snapshots.snapshot_key(self.spec, self.backend.accel, hypervisor)
+        return snapshots.snapshot_key(self.spec, self.backend.accel, await self.backend.hypervisor())
 
     def on_powered_on(self, **fields: Any) -> None:
         """The backend started a QEMU: a new boot, before its first byte or event."""

@@ -70,34 +70,52 @@ class Snapshot:
 _QEMU_VERSIONS: dict[str, str] = {}
 
 
+def known_qemu_version(qemu: str) -> str | None:
+    """`qemu_version` when it is already known (in this process or the cache folder), else None:
+    a stat and a small read, no `qemu --version`."""
+    memo = _qemu_memo(qemu)
+    if memo not in _QEMU_VERSIONS:
+        line = _cached_versions().get(memo)
+        if not isinstance(line, str):
+            return None
+        _QEMU_VERSIONS[memo] = f"{line} ({memo})"
+    return _QEMU_VERSIONS[memo]
+
+
+def _qemu_memo(qemu: str) -> str:
+    stat = os.stat(qemu)
+    return f"{qemu}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
+def _cached_versions() -> dict[str, Any]:
+    try:
+        known = json.loads((paths.cache() / "qemu-versions.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
 def qemu_version(qemu: str) -> str:
     """QEMU's version line and the binary's identity. `qemu --version` takes ~10 ms, and every
     owner that restores a snapshot needs it: the answer is kept per binary version, in this
     process and in the cache folder."""
-    stat = os.stat(qemu)
-    memo = f"{qemu}:{stat.st_size}:{stat.st_mtime_ns}"
-    if memo in _QEMU_VERSIONS:
-        return _QEMU_VERSIONS[memo]
+    known_line = known_qemu_version(qemu)
+    if known_line is not None:
+        return known_line
+    memo = _qemu_memo(qemu)
     cache_file = paths.cache() / "qemu-versions.json"
-    try:
-        known = json.loads(cache_file.read_text())
-        if not isinstance(known, dict):
-            known = {}
-    except (OSError, ValueError):
-        known = {}
-    line = known.get(memo)
-    if not isinstance(line, str):
-        out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout
-        line = out.splitlines()[0] if out else "unknown"
-        if out:
-            known = {k: v for k, v in known.items() if os.path.exists(k.rsplit(":", 2)[0])} | {memo: line}
-            try:
-                cache_file.parent.mkdir(parents=True, exist_ok=True)
-                tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-                tmp.write_text(json.dumps(known))
-                tmp.replace(cache_file)
-            except OSError:
-                pass  # a read-only cache: asked again next time
+    known = _cached_versions()
+    out = subprocess.run([qemu, "--version"], capture_output=True, text=True, check=False).stdout
+    line = out.splitlines()[0] if out else "unknown"
+    if out:
+        known = {k: v for k, v in known.items() if os.path.exists(k.rsplit(":", 2)[0])} | {memo: line}
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(known))
+            tmp.replace(cache_file)
+        except OSError:
+            pass  # a read-only cache: asked again next time
     _QEMU_VERSIONS[memo] = f"{line} ({memo})"
     return _QEMU_VERSIONS[memo]
 
