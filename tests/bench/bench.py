@@ -282,38 +282,32 @@ def bench_snapshots(image: str, accel: str) -> Row:
         finally:
             machine.stop()
 
-    residents: dict[bool, Machine] = {}
-
-    def resident(spare: bool) -> Machine:
-        if spare not in residents:
-            with environment(SERCON_RESTORE_SPARE="1" if spare else "0"):  # read by the owner
-                machine = Machine(spec, name=f"bench-restore-resident-{int(spare)}",
-                                  from_snapshot=f"bench-{image}").start()
-            residents[spare] = machine
-            machine.restore(f"bench-{image}")  # restored in place once: with spares on, one loads now
-        if spare:
-            wait_for_spare(residents[spare])
-        return residents[spare]
-
     def restore_in_place(spare: bool) -> Callable[[], float]:
+        """A guest restored in place once (with spares on, it then loads one), then timed. Each
+        sample has a guest of its own, stopped after it: no guest of the bench idles, and no spare
+        loads, while another variant is timed."""
         def sample() -> float:
-            machine = resident(spare)
-            started = time.perf_counter()
-            machine.restore(f"bench-{image}")
-            shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
-            shell.run("true")
-            elapsed = time.perf_counter() - started
-            shell.console.close()
-            return ms(elapsed)
+            count[0] += 1
+            with environment(SERCON_RESTORE_SPARE="1" if spare else "0"):  # read by the owner
+                machine = Machine(spec, name=f"bench-in-place-{count[0]}", from_snapshot=f"bench-{image}").start()
+            try:
+                machine.restore(f"bench-{image}")
+                if spare:
+                    wait_for_spare(machine)
+                started = time.perf_counter()
+                machine.restore(f"bench-{image}")
+                shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
+                shell.run("true")
+                elapsed = time.perf_counter() - started
+                shell.console.close()
+                return ms(elapsed)
+            finally:
+                machine.stop()
         return sample
 
-    try:
-        samples = interleaved(RUNS, {"cold boot": cold, "restore": restore,  # the first cold boot saves it
-                                     "restore into a running guest": restore_in_place(True),
-                                     "restore into a running guest, no spare": restore_in_place(False)})
-    finally:
-        for machine in residents.values():
-            machine.stop()
+    samples = interleaved(RUNS, {"cold boot": cold, "restore": restore,  # the first cold boot saves it
+                                 "restore into a running guest": restore_in_place(True),
+                                 "restore into a running guest, no spare": restore_in_place(False)})
     return Row(row_id, label, "ms", samples, {
         "restore": "a new guest (owner process and QEMU start) from the snapshot, until its shell answers",
         "restore into a running guest": "`restore` on a running guest, then `run(\"true\")`: the paused QEMU the "
