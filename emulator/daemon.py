@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .console_socket import ConsoleServer
 from .control import ControlServer
@@ -24,6 +25,9 @@ from .errors import SerconError
 from .owner import ConsoleOwner
 from .spec import GuestSpec
 from .trust import private_dir
+
+if TYPE_CHECKING:
+    from .local_qemu import LocalQemu
 
 
 def _report(kind: str, payload: dict[str, object]) -> None:
@@ -35,9 +39,16 @@ def _report(kind: str, payload: dict[str, object]) -> None:
 
 
 async def run(name: str, folder: Path, spec: GuestSpec, rfc2217_port: int | None,
-              snapshot: str | None = None) -> int:
-    """Serve one guest; `rfc2217_port` None: no RFC 2217 port (the default), 0: any free port."""
+              snapshot: str | None = None, standby: LocalQemu | None = None) -> int:
+    """Serve one guest; `rfc2217_port` None: no RFC 2217 port (the default), 0: any free port.
+    `standby`: the backend of the standby owner this process was (emulator/standby.py), whose
+    QEMU, loaded from `snapshot`, this guest takes."""
     owner = ConsoleOwner(name, spec, folder)
+    if standby is not None:
+        from .local_qemu import LocalQemu
+
+        if isinstance(owner.backend, LocalQemu):
+            owner.backend.take_standby(standby)
     control = ControlServer(owner, folder / "control.sock")
     console = ConsoleServer(owner, folder / "console.sock")
     rfc = None
@@ -94,17 +105,22 @@ def _parser() -> argparse.ArgumentParser:
 PARSER = _parser()
 
 
-def main(argv: list[str] | None = None) -> int:
+def setup(argv: list[str] | None) -> tuple[argparse.Namespace, GuestSpec]:
+    """What an owner does before its event loop: its arguments, umask, folder, log and spec."""
     args = PARSER.parse_args(argv)
     # Everything this process and QEMU create (logs, sockets, owner.json, overlays) is private.
     os.umask(0o077)
     private_dir(args.folder)
     logging.basicConfig(
         filename=args.folder / "owner.log", level=logging.INFO,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True,  # a standby logged elsewhere
     )
     logging.getLogger("qemu").setLevel(logging.WARNING)
-    spec = GuestSpec.from_json(args.spec.read_text())
+    return args, GuestSpec.from_json(args.spec.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, spec = setup(argv)
     port = args.rfc2217_port if args.rfc2217 else None
     return asyncio.run(run(args.name, args.folder, spec, port, args.from_snapshot))
 

@@ -15,6 +15,8 @@ the plain owner would, and reports its READY or ERROR line back over the request
 - The fork server runs no event loop and no thread, so forking it is safe; each owner restores the
   default SIGCHLD (the server ignores it so the kernel reaps owners), its requester's environment
   and working folder, and writes stderr to its owner.log.
+- After a request for a new guest from a snapshot, it also forks a *standby* owner that loads the
+  snapshot into a paused QEMU; the next such request is handed to it (emulator/standby.py).
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import paths
 from .trust import private_dir
+
+if TYPE_CHECKING:
+    from .standby import Standby
 
 IDLE_S = 600.0
 #: How often an idle server checks that its socket is still there (a deleted SERCON_HOME ends it).
@@ -115,6 +121,7 @@ def serve(path: Path) -> int:
     """The fork server's loop (in its own session, started by `start_owner`)."""
     import emulator.daemon  # what every owner needs, imported once here
     import emulator.local_qemu
+    import emulator.standby
 
     try:
         import emulator.libvirt_host  # noqa: F401
@@ -134,29 +141,41 @@ def serve(path: Path) -> int:
     bound = os.stat(path).st_ino
     listener.listen(16)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the owners
+    signal.signal(signal.SIGTERM, _exit_cleanly)  # as its idle end: the standby goes with it
+    standby: Standby | None = None
     try:
         idle_since = time.monotonic()
         while True:
-            ready = select.select([listener], [], [], CHECK_S)[0]
-            if not ready:
+            watched: list[Any] = [listener, *([standby.channel] if standby else [])]
+            ready = select.select(watched, [], [], CHECK_S)[0]
+            if standby is not None and standby.channel in ready:  # it ended by itself
+                standby.discard()
+                standby = None
+            if listener not in ready:
                 if time.monotonic() - idle_since > IDLE_S or not _still_bound(path, bound):
                     return 0  # idle, or its socket was removed (SERCON_HOME deleted) or replaced
                 continue
             idle_since = time.monotonic()
             conn, _ = listener.accept()
             try:
-                _serve_one(listener, conn)
+                standby = _serve_one(listener, conn, standby)
             except Exception:  # one bad request never ends the server
                 pass
             finally:
                 conn.close()
     finally:
+        if standby is not None:
+            standby.discard()
         try:
             if os.stat(path).st_ino == bound:  # not a newer server's socket
                 path.unlink()
         except OSError:
             pass
         listener.close()
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def _still_bound(path: Path, inode: int) -> bool:
@@ -166,37 +185,72 @@ def _still_bound(path: Path, inode: int) -> bool:
         return False
 
 
-def _serve_one(listener: socket.socket, conn: socket.socket) -> None:
+def _serve_one(listener: socket.socket, conn: socket.socket, standby: Standby | None) -> Standby | None:
+    """Serve one request: by the standby owner if it was made for it, else by a new fork. Returns
+    the standby from now on (see emulator/standby.py)."""
+    from emulator import standby as standby_mod
+
     _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     if uid != os.getuid():
-        return
+        return standby
     conn.settimeout(REQUEST_TIMEOUT_S)
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(1 << 20)
         if not chunk:
-            return
+            return standby
         data += chunk
     request = json.loads(data)
-    if os.fork() != 0:
-        return
-    # The owner: its own process from here on; it never returns into the server's loop.
+    wanted = standby_mod.template(request) if spares_wanted() else None
+    served = False
+    if standby is not None and wanted is not None and standby.template == wanted:
+        served = standby.hand(request, conn)
+        if not served:
+            standby.discard()
+        standby = None
+    if not served and os.fork() == 0:
+        _owner(request, conn, listener, standby)  # never returns
+    if wanted is None:
+        return standby
+    if standby is not None:  # made for another snapshot or spec: this one is likelier next
+        standby.discard()
+    return standby_mod.start(wanted, request, become_owner, [listener, conn])
+
+
+def spares_wanted() -> bool:
+    return os.environ.get("SERCON_RESTORE_SPARE", "1") != "0"
+
+
+def become_owner(request: dict[str, Any], conn_fd: int) -> None:
+    """This process (a fork of the server, or a standby) serves `request` from here on: its
+    environment and folder of work, its owner.log as stderr, and the requester's connection as
+    stdout, for the PID line now and the READY or ERROR line later."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # asyncio waits for QEMU's exit status
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the owner installs its own once it runs
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.set_blocking(conn_fd, True)
+    os.dup2(conn_fd, 1)
+    os.close(conn_fd)
+    os.write(1, f"PID {os.getpid()}\n".encode())
+    sys.argv = ["emulator.daemon", *request["argv"]]
+
+
+def _owner(request: dict[str, Any], conn: socket.socket, listener: socket.socket, standby: Standby | None) -> None:
+    """The owner: its own process from here on; it never returns into the server's loop."""
     code = 1
     try:
         listener.close()
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # asyncio waits for QEMU's exit status
-        os.setsid()
-        os.environ.clear()
-        os.environ.update(request["env"])
-        os.chdir(request["cwd"])
-        log_fd = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        conn.settimeout(None)
-        os.dup2(conn.fileno(), 1)  # the READY or ERROR line goes back to the requester
+        if standby is not None:  # the server's: the standby must see its end when the server drops it
+            standby.close_copies()
+        become_owner(request, os.dup(conn.fileno()))
         conn.close()
-        os.write(1, f"PID {os.getpid()}\n".encode())
-        sys.argv = ["emulator.daemon", *request["argv"]]
         from emulator.daemon import main
 
         code = main(request["argv"])

@@ -133,6 +133,10 @@ class Com1:
         self._loop = asyncio.get_running_loop()
         self._resume()
 
+    def deliver_to(self, on_data: Callable[[bytes], None]) -> None:
+        """Before `start`: who gets COM1's bytes (a standby's QEMU changes hands before its first)."""
+        self._on_data = on_data
+
     def _resume(self) -> None:
         if self._loop is not None and not self._reading:
             self._reading = True
@@ -305,6 +309,8 @@ class LocalQemu(Backend):
         #: The current QEMU's disk overlay and UEFI variables (a spare's, once one took over).
         self._overlay: Path | None = None
         self._vars_file: Path | None = None
+        #: A standby owner's folder, holding the files of the QEMU this guest took from it.
+        self._standby_folder: Path | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -502,6 +508,7 @@ class LocalQemu(Backend):
         from before: they were its loading's), and it runs."""
         launch, qmp = spare.launch, spare.qmp
         assert launch is not None and qmp is not None
+        launch.com1.deliver_to(self.hooks.on_serial)  # a standby's was another backend's
         self._become_current(launch, reason, snapshot, spare=True)
         self.qmp_client = qmp
         qmp.events.clear()
@@ -512,6 +519,27 @@ class LocalQemu(Backend):
     async def close(self) -> None:
         await self._discard_spare()
         await self.stop()
+        if self._standby_folder is not None:  # the standby's files: its QEMU, theirs only, has ended
+            shutil.rmtree(self._standby_folder, ignore_errors=True)
+
+    def take_standby(self, standby: LocalQemu) -> None:
+        """This guest takes the spare a standby owner loaded before the guest was asked for (see
+        emulator/standby.py): the next power-on from that snapshot is a swap. Its QEMU keeps its
+        files (FIFOs, overlay) in the standby's folder, removed when this backend closes; its log
+        is linked as this guest's qemu.log."""
+        spare, standby._spare = standby._spare, None
+        self._standby_folder = standby.folder
+        if spare is None:
+            return
+        self._spare = spare
+        try:
+            link = self.qemu_log_path.with_name(f".{self.qemu_log_path.name}.standby")
+            link.unlink(missing_ok=True)
+            os.link(standby.qemu_log_path, link)
+            link.replace(self.qemu_log_path)  # one file under both names: QEMU writes on into it
+        except OSError as exc:  # its messages then stay in the standby's log
+            log.warning("%s: the standby QEMU's log stays at %s (%s)", self.name, standby.qemu_log_path, exc)
+            self.qemu_log_path = standby.qemu_log_path
 
     async def choose_accel(self) -> None:
         """KVM when it really boots guests here, else TCG (see emulator/accel.py). Only a probe
