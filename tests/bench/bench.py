@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,8 +53,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from record import Row, boot_to_login_ms, interleaved, machine_meta, run_true_ms, save  # noqa: E402
 
-from emulator import Machine, resolve_image  # noqa: E402
+from emulator import Machine, paths, resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
+from emulator.local_qemu import SPARE_DELAY_S  # noqa: E402
 from emulator.qemu_args import find_qemu, qemu_args  # noqa: E402
 from emulator.spec import GuestSpec  # noqa: E402
 from harness.console import Console  # noqa: E402
@@ -255,6 +258,7 @@ def bench_snapshots(image: str, accel: str) -> Row:
 
     def cold() -> float:
         nonlocal nonce
+        standbys_settled()
         count[0] += 1
         started = time.perf_counter()
         machine = Machine(spec, name=f"bench-cold-{count[0]}").start()
@@ -270,23 +274,37 @@ def bench_snapshots(image: str, accel: str) -> Row:
         finally:
             machine.stop()
 
-    def restore() -> float:
-        count[0] += 1
-        started = time.perf_counter()
-        machine = Machine(spec, name=f"bench-restore-{count[0]}", from_snapshot=f"bench-{image}").start()
-        try:
-            shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
-            elapsed = time.perf_counter() - started
-            shell.console.close()
-            return ms(elapsed)
-        finally:
-            machine.stop()
+    warmed: set[bool] = set()
+
+    def restore(standby: bool) -> Callable[[], float]:
+        """A new guest from the snapshot. With standbys on, the fork server has one loaded from
+        the previous sample (the first sample is preceded by one untimed start, which makes it)."""
+        def sample() -> float:
+            with environment(SERCON_RESTORE_SPARE="1" if standby else "0"):  # picks the fork server
+                if standby not in warmed:  # the first start of a setting may spawn its fork server
+                    warmed.add(standby)       # (a plain owner, no standby): the second is forked
+                    for attempt in range(2):
+                        warm = f"bench-restore-warm-{int(standby)}-{attempt}"
+                        Machine(spec, name=warm, from_snapshot=f"bench-{image}").start().stop()
+                standbys_settled()
+                count[0] += 1
+                started = time.perf_counter()
+                machine = Machine(spec, name=f"bench-restore-{count[0]}", from_snapshot=f"bench-{image}").start()
+            try:
+                shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
+                elapsed = time.perf_counter() - started
+                shell.console.close()
+                return ms(elapsed)
+            finally:
+                machine.stop()
+        return sample
 
     def restore_in_place(spare: bool) -> Callable[[], float]:
         """A guest restored in place once (with spares on, it then loads one), then timed. Each
         sample has a guest of its own, stopped after it: no guest of the bench idles, and no spare
         loads, while another variant is timed."""
         def sample() -> float:
+            standbys_settled()
             count[0] += 1
             with environment(SERCON_RESTORE_SPARE="1" if spare else "0"):  # read by the owner
                 machine = Machine(spec, name=f"bench-in-place-{count[0]}", from_snapshot=f"bench-{image}").start()
@@ -294,6 +312,7 @@ def bench_snapshots(image: str, accel: str) -> Row:
                 machine.restore(f"bench-{image}")
                 if spare:
                     wait_for_spare(machine)
+                standbys_settled()  # the one its own start made
                 started = time.perf_counter()
                 machine.restore(f"bench-{image}")
                 shell = LinuxShell.resume(Console.for_machine(machine, from_offset=None), nonce)
@@ -305,11 +324,14 @@ def bench_snapshots(image: str, accel: str) -> Row:
                 machine.stop()
         return sample
 
-    samples = interleaved(RUNS, {"cold boot": cold, "restore": restore,  # the first cold boot saves it
+    samples = interleaved(RUNS, {"cold boot": cold, "restore": restore(True),  # the first cold boot saves it
+                                 "restore, no standby": restore(False),
                                  "restore into a running guest": restore_in_place(True),
                                  "restore into a running guest, no spare": restore_in_place(False)})
     return Row(row_id, label, "ms", samples, {
-        "restore": "a new guest (owner process and QEMU start) from the snapshot, until its shell answers",
+        "restore": "a new guest from the snapshot, until its shell answers: the fork server's standby owner, "
+                   "loaded from it after the previous new guest, becomes its owner",
+        "restore, no standby": "the same with SERCON_RESTORE_SPARE=0: an owner is forked, its QEMU starts, loads",
         "restore into a running guest": "`restore` on a running guest, then `run(\"true\")`: the paused QEMU the "
                                         "owner loaded after the previous restore takes over (spare PSS: QEMU PSS row)",
         "restore into a running guest, no spare": "the same with SERCON_RESTORE_SPARE=0: a new QEMU starts and loads"})
@@ -339,6 +361,34 @@ def wait_for_spare(machine: Machine, timeout: float = 60.0) -> int:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{machine.name}: no spare QEMU loaded within {timeout:.0f}s ({spare})")
         time.sleep(0.02)
+
+
+def standbys_settled(timeout: float = 30.0) -> None:
+    """Until every standby owner of the fork servers (emulator/standby.py) has loaded its QEMU, or
+    given up: no sample is timed beside a load started by the sample before it."""
+    time.sleep(SPARE_DELAY_S + 0.05)  # a standby starts loading that long after its request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = [p.read_text(errors="replace") for p in (paths.home() / "standby").glob("*/standby.log")]
+        if all(any(done in text for done in STANDBY_DONE) for text in logs):
+            return
+        time.sleep(0.02)
+
+
+def standby_qemus(snapshot: str) -> list[int]:
+    """The QEMUs standby owners loaded from `snapshot` that still run (a standby that became a
+    guest's owner included: its QEMU is that guest's)."""
+    pids = []
+    for log in (paths.home() / "standby").glob("*/standby.log"):
+        text = log.read_text(errors="replace")
+        for found in re.finditer(rf"spare QEMU (\d+) loaded from snapshot {re.escape(snapshot)}\b", text):
+            if Path(f"/proc/{found.group(1)}").exists():
+                pids.append(int(found.group(1)))
+    return pids
+
+
+#: What a standby's log says once its load ended, loaded or not (emulator/local_qemu.py, standby.py).
+STANDBY_DONE = ("spare QEMU", "no spare QEMU", "nothing loaded")
 
 
 def pss_mib(pid: int) -> float:
@@ -371,6 +421,10 @@ def bench_memory(spec: GuestSpec, guests: int = 10) -> Row:
                 shell.run("true")
                 shell.console.close()
             samples[variant] = [pss_mib(int(m.info()["qemu_pid"])) for m in running]
+            if variant == "restored":  # the fork server's standby, loaded from it for the next new guest
+                standbys_settled()
+                samples["standby"] = [pss_mib(pid) for pid in standby_qemus("bench-memory")
+                                      if pid not in {int(m.info()["qemu_pid"]) for m in running}]
             if variant == "restored":  # each restored in place once more: the owner loads a spare
                 for machine in running:
                     machine.restore("bench-memory")
@@ -381,7 +435,8 @@ def bench_memory(spec: GuestSpec, guests: int = 10) -> Row:
     return Row("memory", f"QEMU PSS per guest, {guests} guests at a shell at once", "MiB", samples,
                {"restored": "all from one snapshot: RAM pages shared until a guest writes them",
                 "restore spare": "the paused QEMU a guest restored in place keeps for its next restore, "
-                                 "in addition to its own"})
+                                 "in addition to its own",
+                "standby": "the paused QEMU the fork server's standby owner keeps for the next new guest"})
 
 
 # ---------------------------------------------------------------------------- main
@@ -441,6 +496,8 @@ def main() -> int:
     section("images", images_rows)
     section("web", web_rows)
     section("hosts", hosts_rows)
+    # The home stays for its logs; its fork servers, and their standby owners, end now.
+    shutil.rmtree(Path(home) / "forkserver", ignore_errors=True)
     from report import main as report
 
     return report(["--write"] if os.environ.get("SERCON_BENCH_WRITE", "1") == "1" else [])
