@@ -44,6 +44,14 @@ def alive(pid: int) -> bool:
     return True
 
 
+def logged_in(spec: GuestSpec, name: str) -> tuple[Machine, LinuxShell]:
+    """A booted guest at a shell, to take snapshots of."""
+    machine = Machine(spec, name=name).start()
+    shell = LinuxShell(Console.for_machine(machine))
+    shell.login(spec.user or "root", spec.password)
+    return machine, shell
+
+
 @pytest.fixture()
 def local_only(sercon_spec: GuestSpec) -> None:
     if sercon_spec.host:
@@ -61,10 +69,8 @@ def test_a_new_guest_from_a_snapshot_takes_the_standby_qemu(local_only: None, se
     monkeypatch.setenv("SERCON_FORKSERVER", "1")
     monkeypatch.delenv("SERCON_RESTORE_SPARE", raising=False)
     key = forkserver.server_key(owner_env())
-    source = Machine(sercon_spec, name="standby-source").start()
+    source, shell = logged_in(sercon_spec, "standby-source")
     try:
-        shell = LinuxShell(Console.for_machine(source))
-        shell.login(sercon_spec.user or "root", sercon_spec.password)
         shell.run("echo first > /tmp/generation")
         source.snapshot("standby-test", nonce=shell.nonce)
         deadline = time.monotonic() + 30
@@ -116,10 +122,8 @@ def test_a_standby_ends_with_its_fork_server(local_only: None, sercon_home: Path
     monkeypatch.setenv("SERCON_STANDBY_TEST", "ends")  # a fork server of this test's own
     monkeypatch.delenv("SERCON_RESTORE_SPARE", raising=False)
     key = forkserver.server_key(owner_env())
-    source = Machine(sercon_spec, name="standby-ends").start()
+    source, shell = logged_in(sercon_spec, "standby-ends")
     try:
-        shell = LinuxShell(Console.for_machine(source))
-        shell.login(sercon_spec.user or "root", sercon_spec.password)
         source.snapshot("standby-ends", nonce=shell.nonce)
     finally:
         source.stop()
