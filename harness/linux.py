@@ -454,11 +454,11 @@ class LinuxShell:
 
     def _log_fence(self) -> int | None:
         """The guest's serial log size now, if this console is a sercon guest's (else None)."""
-        machine = self.console.machine
-        if machine is None or not isinstance(self.console.spawn, GuestSocketSpawn):
+        spawn = self.console.spawn
+        if not isinstance(spawn, GuestSocketSpawn):
             return None
         try:
-            return machine.serial_log_path.stat().st_size
+            return spawn.log_size()
         except OSError:
             return None
 
