@@ -16,7 +16,8 @@ the plain owner would, and reports its READY or ERROR line back over the request
   default SIGCHLD (the server ignores it so the kernel reaps owners), its requester's environment
   and working folder, and writes stderr to its owner.log.
 - After a request for a new guest from a snapshot, it also forks a *standby* owner that loads the
-  snapshot into a paused QEMU; the next such request is handed to it (emulator/standby.py).
+  snapshot into a paused QEMU; the next such request is handed to it. It keeps one per recent
+  snapshot, up to SERCON_STANDBYS (emulator/standby.py).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from . import paths
 from .trust import private_dir
 
 if TYPE_CHECKING:
-    from .standby import Standby
+    from .standby import Pool
 
 IDLE_S = 600.0
 #: How often an idle server checks that its socket is still there (a deleted SERCON_HOME ends it).
@@ -124,7 +125,7 @@ def serve(path: Path) -> int:
     import emulator.standby
 
     try:
-        import emulator.libvirt_host  # noqa: F401
+        import emulator.libvirt_host
     except Exception:  # without libvirt's binding, libvirt guests take the plain path's error
         pass
     os.umask(0o077)
@@ -141,16 +142,13 @@ def serve(path: Path) -> int:
     bound = os.stat(path).st_ino
     listener.listen(16)
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the owners
-    signal.signal(signal.SIGTERM, _exit_cleanly)  # as its idle end: the standby goes with it
-    standby: Standby | None = None
+    signal.signal(signal.SIGTERM, _exit_cleanly)  # as its idle end: the standbys go with it
+    standbys = emulator.standby.Pool.from_env()
     try:
         idle_since = time.monotonic()
         while True:
-            watched: list[Any] = [listener, *([standby.channel] if standby else [])]
-            ready = select.select(watched, [], [], CHECK_S)[0]
-            if standby is not None and standby.channel in ready:  # it ended by itself
-                standby.discard()
-                standby = None
+            ready = select.select([listener, *standbys.channels()], [], [], CHECK_S)[0]
+            standbys.drop_ended(ready)
             if listener not in ready:
                 if time.monotonic() - idle_since > IDLE_S or not _still_bound(path, bound):
                     return 0  # idle, or its socket was removed (SERCON_HOME deleted) or replaced
@@ -158,14 +156,13 @@ def serve(path: Path) -> int:
             idle_since = time.monotonic()
             conn, _ = listener.accept()
             try:
-                standby = _serve_one(listener, conn, standby)
+                _serve_one(listener, conn, standbys)
             except Exception:  # one bad request never ends the server
                 pass
             finally:
                 conn.close()
     finally:
-        if standby is not None:
-            standby.discard()
+        standbys.discard_all()
         try:
             if os.stat(path).st_ino == bound:  # not a newer server's socket
                 path.unlink()
@@ -185,40 +182,31 @@ def _still_bound(path: Path, inode: int) -> bool:
         return False
 
 
-def _serve_one(listener: socket.socket, conn: socket.socket, standby: Standby | None) -> Standby | None:
-    """Serve one request: by the standby owner if it was made for it, else by a new fork. Returns
-    the standby from now on (see emulator/standby.py)."""
+def _serve_one(listener: socket.socket, conn: socket.socket, standbys: Pool) -> None:
+    """Serve one request: by the standby owner made for it if there is one, else by a new fork;
+    then make a standby for the next request like it (see emulator/standby.py)."""
     from emulator import standby as standby_mod
 
     _pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     if uid != os.getuid():
-        return standby
+        return
     conn.settimeout(REQUEST_TIMEOUT_S)
     data = b""
     while not data.endswith(b"\n"):
         chunk = conn.recv(1 << 20)
         if not chunk:
-            return standby
+            return
         data += chunk
     request = json.loads(data)
-    wanted = standby_mod.template(request) if spares_wanted() else None
-    served = False
-    if standby is not None and wanted is not None and standby.template == wanted:
-        served = standby.hand(request, conn)
-        if not served:
-            standby.discard()
-        standby = None
-    if not served and os.fork() == 0:
-        _owner(request, conn, listener, standby)  # never returns
-    if wanted is None:
-        return standby
-    if standby is not None:  # made for another snapshot or spec: this one is likelier next
+    wanted = standby_mod.template(request) if standbys.size else None
+    standby = standbys.take(wanted) if wanted is not None else None
+    served = standby is not None and standby.hand(request, conn)
+    if standby is not None and not served:
         standby.discard()
-    return standby_mod.start(wanted, request, become_owner, [listener, conn])
-
-
-def spares_wanted() -> bool:
-    return os.environ.get("SERCON_RESTORE_SPARE", "1") != "0"
+    if not served and os.fork() == 0:
+        _owner(request, conn, listener, standbys)  # never returns
+    if wanted is not None:
+        standbys.add(standby_mod.start(wanted, request, become_owner, [listener, conn], standbys))
 
 
 def become_owner(request: dict[str, Any], conn_fd: int) -> None:
@@ -242,13 +230,12 @@ def become_owner(request: dict[str, Any], conn_fd: int) -> None:
     sys.argv = ["emulator.daemon", *request["argv"]]
 
 
-def _owner(request: dict[str, Any], conn: socket.socket, listener: socket.socket, standby: Standby | None) -> None:
+def _owner(request: dict[str, Any], conn: socket.socket, listener: socket.socket, standbys: Pool) -> None:
     """The owner: its own process from here on; it never returns into the server's loop."""
     code = 1
     try:
         listener.close()
-        if standby is not None:  # the server's: the standby must see its end when the server drops it
-            standby.close_copies()
+        standbys.close_copies()  # the server's: a standby must see its end when the server drops it
         become_owner(request, os.dup(conn.fileno()))
         conn.close()
         from emulator.daemon import main

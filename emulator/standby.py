@@ -14,10 +14,12 @@ request: same spec, snapshot, environment and folder of work, any name.
   until it ends. The fork server then forks the next standby.
 - Anything else (a snapshot saved again, another spec) gets a plain owner: the owner checks the
   snapshot's files against what its QEMU loaded, and loads anew on a mismatch.
-- One standby per fork server. It ends with its fork server (idle for 10 minutes, or its
-  SERCON_HOME removed), when a request for another snapshot replaces it, or with
-  SERCON_RESTORE_SPARE=0, which turns standbys off with spares. A guest on a libvirt host, or with
-  options that hold something on the host (see `spares_enabled`), never gets one.
+- A fork server keeps one standby per recent snapshot (and spec), at most SERCON_STANDBYS of them
+  (default 2, 0 for none): a suite that goes back and forth between two snapshots finds both
+  loaded. A request for a further one replaces the standby used least recently. Standbys end with
+  their fork server (idle for 10 minutes, or its SERCON_HOME removed). SERCON_RESTORE_SPARE=0
+  turns them off with spares; a guest on a libvirt host, or with options that hold something on
+  the host (see `spares_enabled`), never gets one.
 - Its QEMU is named `guest=standby-PID`: QEMU cannot be renamed once started.
 """
 
@@ -53,12 +55,10 @@ def folder_of(pid: int) -> Path:
 
 def template(request: dict[str, Any]) -> str | None:
     """What a request must match to be served by a standby made for another: None when no
-    standby serves it (not from a snapshot, an RFC 2217 port, a libvirt host, spares off)."""
+    standby serves it (not from a snapshot, an RFC 2217 port, a libvirt host, spares off). Called
+    in the fork server, whose SERCON_* settings are the request's (they are in its key)."""
     argv = list(request.get("argv", []))
     if "--from-snapshot" not in argv or "--rfc2217" in argv or "--spec" not in argv:
-        return None
-    env = request.get("env", {})
-    if env.get("SERCON_RESTORE_SPARE", "1") == "0":
         return None
     try:
         spec_text = Path(argv[argv.index("--spec") + 1]).read_text()
@@ -70,7 +70,8 @@ def template(request: dict[str, Any]) -> str | None:
     snapshot = argv[argv.index("--from-snapshot") + 1] if argv.index("--from-snapshot") + 1 < len(argv) else ""
     # The request's own environment is the owner's once it takes the standby; what the standby
     # loads depends only on these (SERCON_HOME, SERCON_CACHE, SERCON_ACCEL, the cache folder...).
-    env = {k: v for k, v in env.items() if k.startswith(("SERCON_", "XDG_")) or k in ("HOME", "PATH", "PYTHONPATH")}
+    env = {k: v for k, v in request.get("env", {}).items()
+           if k.startswith(("SERCON_", "XDG_")) or k in ("HOME", "PATH", "PYTHONPATH")}
     return json.dumps({"spec": spec_text, "snapshot": snapshot, "env": env, "cwd": request.get("cwd")},
                       sort_keys=True)
 
@@ -112,11 +113,57 @@ class Standby:
             self.pidfd = None
 
 
+class Pool:
+    """The fork server's standbys, one per template, the least recently used first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._by_template: dict[str, Standby] = {}
+
+    @classmethod
+    def from_env(cls) -> Pool:
+        try:
+            size = int(os.environ.get("SERCON_STANDBYS", "2"))
+        except ValueError:
+            size = 2
+        return cls(max(0, size))
+
+    def channels(self) -> list[socket.socket]:
+        return [standby.channel for standby in self._by_template.values()]
+
+    def drop_ended(self, ready: list[Any]) -> None:
+        """Discard the standbys whose channel is readable: they ended by themselves."""
+        for key, standby in list(self._by_template.items()):
+            if standby.channel in ready:
+                del self._by_template[key]
+                standby.discard()
+
+    def take(self, template_key: str) -> Standby | None:
+        return self._by_template.pop(template_key, None)
+
+    def add(self, standby: Standby) -> None:
+        """Keep `standby` as the most recent; discard the least recent ones beyond `size`."""
+        self._by_template[standby.template] = standby
+        while len(self._by_template) > self.size:
+            oldest = next(iter(self._by_template))
+            self._by_template.pop(oldest).discard()
+
+    def close_copies(self) -> None:
+        """In a fork of the server: close its copies, so a standby sees its own end when the server drops it."""
+        for standby in self._by_template.values():
+            standby.close_copies()
+        self._by_template.clear()
+
+    def discard_all(self) -> None:
+        while self._by_template:
+            self._by_template.popitem()[1].discard()
+
+
 def start(template_key: str, request: dict[str, Any], become_owner: Any,
-          server_sockets: list[socket.socket]) -> Standby:
+          server_sockets: list[socket.socket], pool: Pool) -> Standby:
     """Fork a standby owner for requests like `request` (in the fork server, after forking the
     owner that serves it). `become_owner(request, conn_fd)` is the fork server's way to turn the
-    process into a request's owner; `server_sockets` are the server's, closed in the standby."""
+    process into a request's owner; `server_sockets` and `pool` are the server's, closed in the standby."""
     _sweep()
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server = os.getpid()
@@ -129,6 +176,7 @@ def start(template_key: str, request: dict[str, Any], become_owner: Any,
         ours.close()
         for sock in server_sockets:
             sock.close()
+        pool.close_copies()
         _die_with(server)
         code = _serve(request, theirs, become_owner)
     except BaseException:  # its own failure: in its standby.log

@@ -114,10 +114,44 @@ def test_a_new_guest_from_a_snapshot_takes_the_standby_qemu(local_only: None, se
         source.stop()
 
 
+def test_two_snapshots_in_turn_each_find_their_standby(local_only: None, sercon_home: Path,
+                                                      sercon_spec: GuestSpec,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite that goes back and forth between two snapshots finds each one loaded: the fork
+    server keeps a standby per recent snapshot, and each serves only its own. Broken on purpose
+    once: with one standby per fork server (SERCON_STANDBYS defaulting to 1), the guest from
+    `standby-a` after one from `standby-b` was not a standby's."""
+    monkeypatch.setenv("SERCON_FORKSERVER", "1")
+    monkeypatch.setenv("SERCON_STANDBY_TEST", "pool")  # a fork server of this test's own
+    monkeypatch.delenv("SERCON_RESTORE_SPARE", raising=False)
+    monkeypatch.delenv("SERCON_STANDBYS", raising=False)
+    names = ("standby-a", "standby-b")
+    source, shell = logged_in(sercon_spec, "standby-pool")
+    try:
+        for name in names:
+            shell.run(f"echo {name} > /tmp/which")
+            source.snapshot(name, nonce=shell.nonce)
+    finally:
+        source.stop()
+    for name in names:  # each leaves a standby for its snapshot behind
+        Machine(sercon_spec, name=f"{name}-1", from_snapshot=name).start().stop()
+    loaded = {name: loaded_standby(name) for name in names}
+    for name in names:
+        machine = Machine(sercon_spec, name=f"{name}-2", from_snapshot=name).start()
+        try:
+            event = power_on(machine)
+            assert event["spare"] is True and event["qemu_pid"] == loaded[name][1], name
+            restored = LinuxShell.resume(Console.for_machine(machine, from_offset=None), shell.nonce)
+            assert restored.run("cat /tmp/which").output == f"{name}\n"
+            restored.console.close()
+        finally:
+            machine.stop()
+
+
 def test_a_standby_ends_with_its_fork_server(local_only: None, sercon_home: Path, sercon_spec: GuestSpec,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """No standby (and no paused QEMU) outlives the fork server that made it, and none is made
-    with SERCON_RESTORE_SPARE=0."""
+    with SERCON_RESTORE_SPARE=0 or SERCON_STANDBYS=0."""
     monkeypatch.setenv("SERCON_FORKSERVER", "1")
     monkeypatch.setenv("SERCON_STANDBY_TEST", "ends")  # a fork server of this test's own
     monkeypatch.delenv("SERCON_RESTORE_SPARE", raising=False)
@@ -136,9 +170,11 @@ def test_a_standby_ends_with_its_fork_server(local_only: None, sercon_home: Path
         assert time.monotonic() < deadline, "the standby outlived its fork server"
         time.sleep(0.2)
 
-    monkeypatch.setenv("SERCON_RESTORE_SPARE", "0")
     before = set((paths.home() / "standby").iterdir())
-    for index in range(3):  # the first spawns the fork server of this setting, the others are forked
-        Machine(sercon_spec, name=f"standby-off-{index}", from_snapshot="standby-ends").start().stop()
-    time.sleep(1)  # a standby makes its folder within milliseconds of its request
-    assert set((paths.home() / "standby").iterdir()) == before
+    for setting, value in (("SERCON_RESTORE_SPARE", "0"), ("SERCON_STANDBYS", "0")):
+        with monkeypatch.context() as env:
+            env.setenv(setting, value)
+            for index in range(3):  # the first spawns the fork server of this setting, the others are forked
+                Machine(sercon_spec, name=f"standby-off-{index}", from_snapshot="standby-ends").start().stop()
+        time.sleep(1)  # a standby makes its folder within milliseconds of its request
+        assert set((paths.home() / "standby").iterdir()) == before, setting
