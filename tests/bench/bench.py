@@ -26,9 +26,11 @@ Writes tests/bench/results/bench.json (with date, commit, host, cores, QEMU vers
 section, so a section that fails or hangs late loses none of the rows before it; report.py prints
 it, plots it and writes the README's table from it. Sample counts: SERCON_BENCH_BOOTS (default
 20), SERCON_BENCH_ROUNDS (10 blocks of SERCON_BENCH_BLOCK=20 round trips), SERCON_BENCH_RUNS
-(default 5: snapshot rows, web rows), SERCON_BENCH_IMAGE_RUNS (default 3 boots of each variant of
-each distribution image), SERCON_BENCH_SNAPSHOT_IMAGES and SERCON_BENCH_BOOT_IMAGES (comma lists),
-SERCON_BENCH_SKIP (comma list of boot,rtt,actions,snapshots,memory,images,web,hosts).
+(default 5: snapshot rows, web rows), SERCON_BENCH_VIEWER_RUNS (the viewers row; default
+SERCON_BENCH_RUNS), SERCON_BENCH_IMAGE_RUNS (default 3 boots of each variant of each distribution
+image), SERCON_BENCH_SNAPSHOT_IMAGES and SERCON_BENCH_BOOT_IMAGES (comma lists), SERCON_BENCH_SKIP
+(comma list of boot,rtt,actions,snapshots,memory,images,web,hosts). The settings a run was given
+are recorded with it, and the README's figures say how to run it again.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def bench_boot(spec: GuestSpec, accel: str) -> Row:
 
     samples = interleaved(BOOTS, {"bare QEMU": bare, "sercon": sercon})
     return Row("boot.linux-initramfs", "boot to login:, linux-initramfs", "ms", samples,
-               {"sercon": "owner process, serial log, fan-out in the path"})
+               {"sercon": "owner process, serial log, fan-out in the path"}, rounds=BOOTS)
 
 
 # ------------------------------------------------------------------------------ round trip
@@ -209,7 +211,7 @@ def bench_round_trip(spec: GuestSpec, accel: str) -> Row:
              "sleeps 50 ms per port reconfigure, which the SerialDriver makes on every read",
              via_rfc2217, max(1, BLOCK // 4))
         samples = interleaved(ROUNDS, dict(blocks))
-        return Row("rtt", 'run("true") round trip, linux-initramfs', "ms", samples, notes)
+        return Row("rtt", 'run("true") round trip, linux-initramfs', "ms", samples, notes, rounds=ROUNDS)
     finally:
         for made in reversed(peers):
             made.stop() if isinstance(made, Machine) else made.close()
@@ -240,7 +242,7 @@ def bench_actions(spec: GuestSpec) -> list[Row]:
         console.close()
     finally:
         machine.stop()
-    return [Row("actions", "action to its answer on the console", "ms", samples)]
+    return [Row("actions", "action to its answer on the console", "ms", samples, rounds=20)]
 
 
 # ----------------------------------------------------------------------- snapshots
@@ -334,7 +336,8 @@ def bench_snapshots(image: str, accel: str) -> Row:
         "restore, no standby": "the same with SERCON_RESTORE_SPARE=0: an owner is forked, its QEMU starts, loads",
         "restore into a running guest": "`restore` on a running guest, then `run(\"true\")`: the paused QEMU the "
                                         "owner loaded after the previous restore takes over (spare PSS: QEMU PSS row)",
-        "restore into a running guest, no spare": "the same with SERCON_RESTORE_SPARE=0: a new QEMU starts and loads"})
+        "restore into a running guest, no spare": "the same with SERCON_RESTORE_SPARE=0: a new QEMU starts and loads"},
+        rounds=RUNS)
 
 
 @contextlib.contextmanager
@@ -448,7 +451,10 @@ def main() -> int:
     spec = resolve_image("linux-initramfs")
     accel, reason = choose_accel(spec.accel, find_qemu(), spec.kernel)
     spec = spec.replace(accel=accel)
-    meta = {**machine_meta(), "accel": accel}
+    # The sample counts this run was given, so the report can say how to run it again.
+    settings = {k: v for k, v in sorted(os.environ.items())
+                if k.startswith("SERCON_BENCH_") and k != "SERCON_BENCH_WRITE"}
+    meta = {**machine_meta(), "accel": accel, "settings": settings}
     print(f"sercon bench: accelerator {accel} ({reason}), {os.cpu_count()} CPUs; {BOOTS} boots, "
           f"{ROUNDS}x{BLOCK} round trips, {RUNS} runs per snapshot/image row", flush=True)
     rows: list[Row] = []

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aiohttp  # noqa: E402
 import asyncssh  # noqa: E402
-from record import Row  # noqa: E402
+from record import Row, abba  # noqa: E402
 
 KEYS = 100
 
@@ -126,7 +126,7 @@ async def _measure(keys: int, ciphers: set[str]) -> dict[str, list[float]]:
         openers = {"TLS websocket": websocket, "ssh": ssh, "ssh, OpenSSH client": openssh}
         samples: dict[str, list[float]] = {name: [] for name in openers}
         for index in range(max(1, keys // 10)):
-            for name in (list(openers) if index % 2 == 0 else list(openers)[::-1]):
+            for name in abba(index, list(openers)):
                 stream = await openers[name]()
                 try:
                     samples[name].extend(await _echo(stream, 10))
@@ -146,7 +146,8 @@ def bench_floor(keys: int = KEYS) -> Row:
                samples, {"TLS websocket": "aiohttp server with sercon serve's TLS context and event loop",
                          "ssh": "asyncssh server with sercon serve's algorithms, asyncssh client, "
                                 + ", ".join(sorted(ciphers)),
-                         "ssh, OpenSSH client": "the same server, OpenSSH's ssh -tt on a pty"})
+                         "ssh, OpenSSH client": "the same server, OpenSSH's ssh -tt on a pty"},
+               rounds=max(1, keys // 10))
 
 
 if __name__ == "__main__":

@@ -105,7 +105,7 @@ def bench_boot(spec: GuestSpec, hosts: dict[str, str | None], notes: dict[str, s
         return one
 
     samples = interleaved(BOOTS, {name: boot(host) for name, host in hosts.items()})
-    return Row("hosts.boot", "boot to login: by host, linux-initramfs", "ms", samples, dict(notes))
+    return Row("hosts.boot", "boot to login: by host, linux-initramfs", "ms", samples, dict(notes), rounds=BOOTS)
 
 
 def bench_running(spec: GuestSpec, hosts: dict[str, str | None], notes: dict[str, str], tag: str) -> list[Row]:
@@ -138,15 +138,16 @@ def bench_running(spec: GuestSpec, hosts: dict[str, str | None], notes: dict[str
                 return ms(elapsed)
             return one
 
-        rtt = interleaved(max(1, RTT // RTT_BLOCK), {n: rtt_block(s) for n, s in shells.items()})
+        rtt_rounds = max(1, RTT // RTT_BLOCK)
+        rtt = interleaved(rtt_rounds, {n: rtt_block(s) for n, s in shells.items()})
         help_text = interleaved(SYSRQ, {n: sysrq(machines[n], s) for n, s in shells.items()})
         for shell in shells.values():
             shell.console.close()
     finally:
         for machine in machines.values():
             machine.stop()
-    return [Row("hosts.rtt", 'run("true") by host, linux-initramfs', "ms", rtt, dict(notes)),
-            Row("hosts.sysrq", "SysRq h to its help text, by host", "ms", help_text, dict(notes))]
+    return [Row("hosts.rtt", 'run("true") by host, linux-initramfs', "ms", rtt, dict(notes), rounds=rtt_rounds),
+            Row("hosts.sysrq", "SysRq h to its help text, by host", "ms", help_text, dict(notes), rounds=SYSRQ)]
 
 
 def main() -> int:

@@ -116,7 +116,8 @@ def bench_cold_boots(images: list[str] | None = None, runs: int | None = None) -
             samples = interleaved(runs, {"bare QEMU": functools.partial(_bare_boot, spec, accel),
                                          "sercon": functools.partial(_sercon_boot, spec)})
             size = sum(f.stat().st_blocks * 512 for f in image.path.iterdir() if f.is_file())
-            rows.append(Row(row_id, label, "ms", samples, {"sercon": f"image on disk {size / 2**20:.0f} MiB"}))
+            rows.append(Row(row_id, label, "ms", samples, {"sercon": f"image on disk {size / 2**20:.0f} MiB"},
+                            rounds=runs))
     finally:
         if own_home:
             os.environ.pop("SERCON_HOME", None)

@@ -9,7 +9,9 @@
 - echo latency: one keystroke to its echo at a shell prompt, through the websocket and through
   SSH vs the bare QEMU socket (medians and 95th percentiles).
 - viewers: the same burst for the writer with 0 and with 20 read-only websocket viewers of the
-  same VM (goal: the writer does not slow down; every viewer gets the whole burst).
+  same VM (goal: the writer does not slow down; every viewer gets the whole burst). Its rounds are
+  SERCON_BENCH_VIEWER_RUNS (default SERCON_BENCH_RUNS): a burst varies by some 15% from one to the
+  next under TCG, so a 5% goal needs a few dozen pairs.
 
 Call `run_all()` (starts its own one-VM fleet and a bare QEMU, returns a dict), or the pieces
 with a `WebBench` from `start_bench()`. `python tests/bench/bench_web.py` prints the results.
@@ -47,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record import Row  # noqa: E402
+from record import Row, abba  # noqa: E402
 
 from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -59,6 +61,7 @@ from emulator.ssh_loopback import loopback_sshd  # noqa: E402
 BURST_BYTES = int(os.environ.get("SERCON_BENCH_BURST", "400000"))
 ECHO_KEYS = int(os.environ.get("SERCON_BENCH_ECHO_KEYS", "200"))
 RUNS = int(os.environ.get("SERCON_BENCH_RUNS", "5"))
+VIEWER_RUNS = int(os.environ.get("SERCON_BENCH_VIEWER_RUNS", str(RUNS)))
 VIEWERS = 20
 PASSWORD = "bench-password-" + secrets.token_hex(4)
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
@@ -548,11 +551,6 @@ async def _burst(writer: Stream, readers: list[Stream]) -> tuple[float, list[flo
     return times[0], list(times[1:])
 
 
-def _abba(index: int, items: list[Any]) -> list[Any]:
-    """Round `index` of an interleaved run: the items in order, reversed every other round."""
-    return items if index % 2 == 0 else items[::-1]
-
-
 async def bench_throughput(bench: WebBench, runs: int = RUNS) -> Row:
     raw = await bench.bare.stream()
     await raw.expect(b"login:", timeout=240)
@@ -586,7 +584,7 @@ async def bench_throughput(bench: WebBench, runs: int = RUNS) -> Row:
         samples["owner socket alone"].append(rate((await _burst(harness, []))[0]))
 
     for index in range(runs):
-        for step in _abba(index, [via_raw, via_raw_pipe, via_web, via_owner]):
+        for step in abba(index, [via_raw, via_raw_pipe, via_web, via_owner]):
             await step()
     for stream in (harness, web, sock, raw_pipe):
         await stream.close()
@@ -595,7 +593,7 @@ async def bench_throughput(bench: WebBench, runs: int = RUNS) -> Row:
                {"raw QEMU socket": "QEMU's socket chardev read directly: how QEMU's serial is mostly used",
                 "raw QEMU pipe": "QEMU's pipe chardev (FIFOs), the owner's transport, read as it arrives",
                 "owner socket beside it": "the owner's console socket, read while the websocket reads",
-                "owner socket alone": "the owner's console socket in harness mode, no web client"})
+                "owner socket alone": "the owner's console socket in harness mode, no web client"}, rounds=runs)
 
 
 async def _echo(stream: Stream, keys: int) -> list[float]:
@@ -682,8 +680,9 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
     if sshd is None:
         del variants["QEMU behind OpenSSH's sshd"]
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for index in range(max(1, keys // 10)):
-        for name in _abba(index, list(variants)):
+    rounds = max(1, keys // 10)
+    for index in range(rounds):
+        for name in abba(index, list(variants)):
             samples[name].extend(await variants[name]())
     return Row("web.echo", "one keystroke to its echo at a shell prompt", "ms", samples,
                {"QEMU's own TLS websocket": "COM1 served by QEMU's chardev (websocket=on, tls-creds), aiohttp "
@@ -694,7 +693,7 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
                                 "every front end adds its protocol and its own hop to it",
                 "websocket": "the browser's protocol, a session per block of 10 keys",
                 "ssh": "asyncssh client, " + ", ".join(sorted(bench.ssh_ciphers)),
-                "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"})
+                "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"}, rounds=rounds)
 
 
 def _is_slice_of(data: bytes, log: bytes) -> bool:
@@ -702,7 +701,7 @@ def _is_slice_of(data: bytes, log: bytes) -> bool:
     return bool(data) and log.find(data) >= 0
 
 
-async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = RUNS) -> list[Row]:
+async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = VIEWER_RUNS) -> list[Row]:
     """The writer's burst alone (no viewer connected) and with `viewers` read-only websockets,
     interleaved; each crowded round connects its viewers and checks every byte they got."""
     session = await bench.http()
@@ -720,13 +719,13 @@ async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = RUN
         watching = [await bench.ws(s, "read") for s in sessions]
         w, _ = await _burst(writer, list(watching))
         samples[crowd].append(w * 1000)
+        await asyncio.gather(*(stream.drain_quiet(0.3) for stream in watching))
         for stream in watching:
-            await stream.drain_quiet(0.3)
             seen.append(bytes(stream.data))
             await stream.close()
 
     for index in range(runs):
-        for step in _abba(index, [alone, crowded]):
+        for step in abba(index, [alone, crowded]):
             await step()
     log = (bench.home / "guests" / "bench" / "serial.log").read_bytes()
     exact = [1.0 if _is_slice_of(data, log) else 0.0 for data in seen]
@@ -735,7 +734,7 @@ async def bench_viewers(bench: WebBench, viewers: int = VIEWERS, runs: int = RUN
         await s.close()
     return [
         Row("web.viewers", f"writer's burst with read-only viewers ({BURST_BYTES // 1000} kB)", "ms", samples,
-            {crowd: "websocket viewers of the same VM, connected for the round, reading everything"}),
+            {crowd: "websocket viewers of the same VM, connected for the round, reading everything"}, rounds=runs),
         Row("web.viewers.bytes", "each viewer's bytes are an unbroken run of the serial log", "1 = exact",
             {"viewers": exact}),
     ]

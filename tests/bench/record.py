@@ -4,7 +4,9 @@ A *row* is one measure (boot to `login:`, `run("true")`, ...) with the raw sampl
 *variants* (bare QEMU, sercon, labgrid, ...), gathered interleaved in one run on one machine. A
 *goal* compares two variants of a row, or bounds one, and is judged from a bootstrap 95%
 confidence interval: **met** when the whole interval meets it, **missed** when none of it does,
-**undecided** when the interval straddles the limit (more runs would tell). Every figure the
+**undecided** when the interval straddles the limit (more runs would tell). Variants taken in
+interleaved rounds are compared round by round: the statistic of each round's pair, resampled by
+round, so a slow minute of a shared machine falls on both sides of a ratio instead of widening it. Every figure the
 README shows is read from the one result file this writes (`tests/bench/results/bench.json`).
 """
 
@@ -27,6 +29,9 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "bench" / "results"
 RESULT_FILE = RESULTS / "bench.json"
 BOOTSTRAP = 2000
+#: Fewer rounds than this are not paired: a bootstrap over a handful of pairs claims a precision
+#: that a handful of samples cannot have.
+MIN_ROUNDS = 10
 
 
 def boot_to_login_ms(start: Callable[[], Any], timeout: float = 300) -> float:
@@ -81,17 +86,31 @@ def _pick(stat: str) -> Callable[[Sequence[float]], float]:
     return statistics.median if stat == "p50" else statistics.fmean
 
 
+def by_round(values: Sequence[float], rounds: int) -> list[Sequence[float]] | None:
+    """`values` cut into the `rounds` equal blocks they were taken in, or None if they do not cut
+    evenly or are too few rounds to pair (MIN_ROUNDS)."""
+    if rounds < MIN_ROUNDS or not values or len(values) % rounds:
+        return None
+    size = len(values) // rounds
+    return [values[i * size:(i + 1) * size] for i in range(rounds)]
+
+
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], *, stat: str = "p50",
-             seed: int = 1) -> tuple[float, float, float]:
-    """(point, low, high): the ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI."""
-    return excess_sum_ci([numerator], denominator, stat=stat, seed=seed)
+             rounds: int = 0, seed: int = 1) -> tuple[float, float, float]:
+    """(point, low, high): the ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI
+    (paired by round when both were taken in `rounds` interleaved rounds, see excess_sum_ci)."""
+    return excess_sum_ci([numerator], denominator, stat=stat, rounds=rounds, seed=seed)
 
 
 def excess_sum_ci(parts: Sequence[Sequence[float]], baseline: Sequence[float], *, stat: str = "p50",
-                  seed: int = 1) -> tuple[float, float, float]:
+                  rounds: int = 0, seed: int = 1) -> tuple[float, float, float]:
     """(point, low, high) of 1 + the sum of each part's excess over `baseline` (stat(part)/stat(baseline) - 1),
     with a bootstrap 95% CI: what a path that pays every part's extra cost in turn cannot beat. With
-    one part it is that part's ratio to the baseline."""
+    one part it is that part's ratio to the baseline.
+
+    With `rounds`, when every sample cuts into that many blocks, the figure is worked out for each
+    round from its own blocks, and the point and CI are `stat` of those per-round figures, resampled
+    by round (a paired bootstrap). Otherwise the samples are resampled apart."""
     pick = _pick(stat)
 
     def bound(draws: Sequence[Sequence[float]], base: Sequence[float]) -> float:
@@ -100,20 +119,31 @@ def excess_sum_ci(parts: Sequence[Sequence[float]], baseline: Sequence[float], *
             return pick(draws[0]) / b
         return 1 + sum(pick(d) / b - 1 for d in draws)
 
-    point = bound(parts, baseline)
     rng = random.Random(seed)
+    cut = [by_round(p, rounds) for p in (*parts, baseline)]
+    blocks = [c for c in cut if c is not None]
+    if len(blocks) == len(cut):
+        per_round = [bound([b[i] for b in blocks[:-1]], blocks[-1][i]) for i in range(rounds)]
+        values = sorted(pick(rng.choices(per_round, k=rounds)) for _ in range(BOOTSTRAP))
+        return pick(per_round), percentile(values, 2.5), percentile(values, 97.5)
+    point = bound(parts, baseline)
     values = sorted(bound([rng.choices(p, k=len(p)) for p in parts], rng.choices(baseline, k=len(baseline)))
                     for _ in range(BOOTSTRAP))
     return point, percentile(values, 2.5), percentile(values, 97.5)
 
 
+def abba(index: int, items: Sequence[Any]) -> list[Any]:
+    """Round `index` of an interleaved run: the items in order, reversed every other round (ABBA...),
+    so drift in machine load falls on all of them alike."""
+    return list(items) if index % 2 == 0 else list(items)[::-1]
+
+
 def interleaved(rounds: int, variants: dict[str, Callable[[], float | list[float]]]) -> dict[str, list[float]]:
-    """Run each variant once per round, the order reversed every other round (ABBA...), so drift
-    in machine load falls on all variants alike. Each callable returns one sample or a block."""
+    """Run each variant once per round, in abba() order. Each callable returns one sample or a block
+    (the same size every round, so the row can pass `rounds` and be judged by round)."""
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
     for index in range(rounds):
-        for name in names if index % 2 == 0 else reversed(names):
+        for name in abba(index, list(variants)):
             got = variants[name]()
             samples[name].extend(got if isinstance(got, list) else [got])
     return samples
@@ -129,6 +159,9 @@ class Row:
     samples: dict[str, list[float]]
     notes: dict[str, str] = field(default_factory=dict)
     skipped: str | None = None
+    #: The samples were taken in this many interleaved rounds, each variant's in equal blocks in
+    #: round order: goals on this row are judged round by round. 0: no rounds to pair.
+    rounds: int = 0
 
     def stats(self) -> dict[str, dict[str, float]]:
         return {name: summary(values) for name, values in self.samples.items() if values}
@@ -204,7 +237,10 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
         point, low, high = ratio_ci(values, [1.0] * len(values), stat=goal.stat)
     else:
         assert goal.baseline is not None
-        point, low, high = ratio_ci(row.samples[goal.variant], row.samples[goal.baseline], stat=goal.stat)
+        point, low, high = ratio_ci(row.samples[goal.variant], row.samples[goal.baseline], stat=goal.stat,
+                                    rounds=row.rounds)
+        if by_round(row.samples[goal.variant], row.rounds) and by_round(row.samples[goal.baseline], row.rounds):
+            out["paired_rounds"] = row.rounds
     def good(x: float) -> bool:
         return x <= goal.limit if goal.kind in ("ratio_max", "value_max") else x >= goal.limit
 
@@ -215,10 +251,11 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
         base = row.samples[goal.baseline]
         out["floors"] = []
         for name in floors:
-            value, low, high = ratio_ci(row.samples[name], base, stat=goal.stat)
+            value, low, high = ratio_ci(row.samples[name], base, stat=goal.stat, rounds=row.rounds)
             out["floors"].append({"variant": name, "value": value, "ci95": [low, high]})
         if len(floors) >= 2:
-            value, low, high = excess_sum_ci([row.samples[name] for name in floors], base, stat=goal.stat)
+            value, low, high = excess_sum_ci([row.samples[name] for name in floors], base, stat=goal.stat,
+                                             rounds=row.rounds)
             out["bound"] = {"variants": floors, "value": value, "ci95": [low, high],
                             "reachable": good(low) or good(high)}
     return out

@@ -56,7 +56,8 @@ def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
         verdict = goal["verdict"]
         if "value" in goal:
             low, high = goal["ci95"]
-            figure = f"{goal['value']:.3g} (95% CI {low:.3g} to {high:.3g}; limit {goal['limit']:g})"
+            paired = f", paired over {goal['paired_rounds']} rounds" if goal.get("paired_rounds") else ""
+            figure = f"{goal['value']:.3g} (95% CI {low:.3g} to {high:.3g}{paired}; limit {goal['limit']:g})"
             floors = goal.get("floors", [])
             if floors:
                 figure += "; floors: " + ", ".join(
@@ -77,11 +78,13 @@ def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
 
 def readme_section(result: dict[str, Any]) -> str:
     meta = result["meta"]
+    again = " ".join([*(f"{k}={v}" for k, v in meta.get("settings", {}).items()), "make bench"])
     head = (f"Recorded {meta['date']} at commit `{meta['commit']}` on {meta['host']} ({meta['cores']} cores, "
             f"{meta['machine']}, {meta['qemu']}), accelerator {meta.get('accel', '?')}. Variants were run "
             "interleaved in one run; n is the number of samples, p10/p50/p90 their percentiles. A goal is met "
-            "when its whole 95% bootstrap confidence interval meets it. Plot: `tests/bench/results/bench.png`; "
-            "data: `tests/bench/results/bench.json`; re-measure with `make bench`.")
+            "when its whole 95% bootstrap confidence interval meets it; two variants taken in interleaved rounds "
+            "are compared round by round (a paired bootstrap). Plot: `tests/bench/results/bench.png`; "
+            f"data: `tests/bench/results/bench.json`; re-measure with `{again}`.")
     return "\n".join([BEGIN, "", head, "", *goal_lines(result, True), "", *table_lines(result, True), "", END])
 
 

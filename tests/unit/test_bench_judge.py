@@ -64,3 +64,46 @@ def test_a_missing_floor_is_left_out() -> None:
     result = judge(GOAL, rows)
     assert [f["variant"] for f in result["floors"]] == ["owner hop alone"]
     assert "bound" not in result
+
+
+def drifting(ratio: float, rounds: int = 30, block: int = 1) -> dict[str, list[float]]:
+    """Samples of a machine whose speed swings by up to 4x from round to round, while within a round
+    "front end" stays `ratio` times "raw" (give or take 1%)."""
+    raw: list[float] = []
+    front: list[float] = []
+    for i in range(rounds):
+        load = 1.0 + 3 * ((i * 7919) % 100) / 100  # 1.0 to 4.0, in no order
+        for k in range(block):
+            wobble = 1 + ((i * 31 + k * 17) % 21 - 10) / 1000
+            raw.append(load * wobble)
+            front.append(load * ratio / wobble)
+    return {"raw": raw, "front end": front}
+
+
+def test_rounds_are_compared_in_pairs() -> None:
+    """A machine whose load swings from round to round hides a 1.1x front end from a comparison of
+    the two samples apart (undecided at 1.2x), but not from one that compares each round's pair.
+    (Judging rows as if they had no rounds makes this fail: the verdict stays undecided.)"""
+    goal = Goal("echo", "echo at most 1.2x raw", "echo", "front end", "ratio_max", 1.2, "raw")
+    for block in (1, 5):
+        samples = drifting(1.1, block=block)
+        apart = judge(goal, {"echo": Row("echo", "echo", "ms", samples)})
+        assert apart["verdict"] == "undecided" and "paired_rounds" not in apart
+        paired = judge(goal, {"echo": Row("echo", "echo", "ms", samples, rounds=30)})
+        assert paired["verdict"] == "met" and paired["paired_rounds"] == 30
+        assert abs(paired["value"] - 1.1) < 0.01
+        assert paired["ci95"][1] - paired["ci95"][0] < 0.02
+
+
+def test_samples_that_do_not_cut_into_rounds_are_compared_apart() -> None:
+    samples = drifting(1.1)
+    samples["front end"] = samples["front end"][:-1]  # one sample short: no pairs to make
+    result = judge(GOAL, {"echo": Row("echo", "echo", "ms", samples, rounds=30)})
+    assert "paired_rounds" not in result and result["verdict"] == "undecided"
+
+
+def test_a_few_rounds_are_not_paired() -> None:
+    """Two rounds make two pairs: a bootstrap over them would claim a tight interval."""
+    samples = drifting(1.1, rounds=2, block=5)
+    result = judge(GOAL, {"echo": Row("echo", "echo", "ms", samples, rounds=2)})
+    assert "paired_rounds" not in result
