@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import event_loop
 from .console_socket import ConsoleServer
 from .control import ControlServer
 from .errors import SerconError
@@ -122,7 +123,7 @@ def setup(argv: list[str] | None) -> tuple[argparse.Namespace, GuestSpec]:
 def main(argv: list[str] | None = None) -> int:
     args, spec = setup(argv)
     port = args.rfc2217_port if args.rfc2217 else None
-    return asyncio.run(run(args.name, args.folder, spec, port, args.from_snapshot))
+    return event_loop.run(run(args.name, args.folder, spec, port, args.from_snapshot))
 
 
 if __name__ == "__main__":

@@ -121,9 +121,12 @@ def _spawn_server(key: str, env: dict[str, str]) -> None:
 def serve(path: Path) -> int:
     """The fork server's loop (in its own session, started by `start_owner`)."""
     import emulator.daemon  # what every owner needs, imported once here
+    import emulator.event_loop
     import emulator.local_qemu
     import emulator.standby
 
+    if emulator.event_loop.uvloop_wanted():
+        import uvloop  # noqa: F401  (the owners' event loop)
     try:
         import emulator.libvirt_host
     except Exception:  # without libvirt's binding, libvirt guests take the plain path's error
@@ -212,9 +215,9 @@ def _serve_one(listener: socket.socket, conn: socket.socket, standbys: Pool) -> 
 def become_owner(request: dict[str, Any], conn_fd: int) -> None:
     """This process (a fork of the server, or a standby) serves `request` from here on: its
     environment and folder of work, its owner.log as stderr, and the requester's connection as
-    stdout, for the PID line now and the READY or ERROR line later."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # asyncio waits for QEMU's exit status
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the owner installs its own once it runs
+    stdout, for the PID line now and the READY or ERROR line later. Signals are the caller's to
+    reset before its event loop starts: a standby's loop already watches its QEMU, and uvloop's
+    SIGCHLD handler, set below Python's `signal` module, would be lost to a reset here."""
     if os.getsid(0) != os.getpid():
         os.setsid()
     os.environ.clear()
@@ -236,6 +239,8 @@ def _owner(request: dict[str, Any], conn: socket.socket, listener: socket.socket
     try:
         listener.close()
         standbys.close_copies()  # the server's: a standby must see its end when the server drops it
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the loop waits for QEMU's exit status
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the owner installs its own once it runs
         become_owner(request, os.dup(conn.fileno()))
         conn.close()
         from emulator.daemon import main

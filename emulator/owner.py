@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import snapshots
+from . import event_loop, snapshots
 from .actions import SYSRQ_MAX_KEYS, Actions
 from .backend import Backend, backend_for
 from .consoles import CLIENT_BACKLOG_LIMIT, REPLAY_MAX, TAKEOVER_NOTICE, ClientMode, ConsoleClient, ConsoleClients
@@ -256,6 +256,7 @@ class ConsoleOwner(ConsoleClients, Actions):
             "qemu_pid": None,
             **self.backend.info(),
             "owner_pid": os.getpid(),
+            "event_loop": event_loop.running(),
             "folder": str(self.folder),
             "serial_log": str(self.serial_log.path),
             "events_log": str(self.events.path),

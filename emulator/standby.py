@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import paths, snapshots
+from . import event_loop, paths, snapshots
 from .errors import SerconError
 from .local_qemu import LocalQemu, spares_enabled
 from .spec import GuestSpec
@@ -225,7 +225,7 @@ def _serve(request: dict[str, Any], channel: socket.socket, become_owner: Any) -
     os.close(log_fd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("qemu").setLevel(logging.WARNING)
-    return asyncio.run(_stand_by(request, channel, folder, become_owner))
+    return event_loop.run(_stand_by(request, channel, folder, become_owner))
 
 
 class _Unseen:

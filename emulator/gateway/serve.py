@@ -21,13 +21,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
-from .. import paths
+from .. import event_loop, paths
 from ..errors import SerconError
 from .audit import AuditLog
 from .auth import hash_password, verify_password
@@ -35,18 +33,6 @@ from .fleet import Fleet, load_fleet, set_user
 from .fleet_host import FleetHost
 from .tls import ensure_certificate, fingerprint, server_context
 from .web import make_app
-
-
-def run_loop(main: Coroutine[Any, Any, int]) -> int:
-    """Run the gateway's event loop: uvloop's, unless SERCON_UVLOOP=0 asks for asyncio's own.
-
-    Every keystroke crosses the gateway twice (TLS or SSH in, the owner's socket out, and back),
-    and uvloop's loop and transports cost less per wake-up: `make bench` measures the echo both ways."""
-    if os.environ.get("SERCON_UVLOOP", "1") != "0":
-        import uvloop
-
-        return uvloop.run(main)
-    return asyncio.run(main)
 
 
 def _state_dir(fleet_path: Path) -> Path:
@@ -150,7 +136,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the audit log, TLS key, SSH host key, screenshots: this user's only
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
-        return run_loop(_serve(args))
+        return event_loop.run(_serve(args))
     except SerconError as exc:
         print(f"sercon serve: {exc}", file=sys.stderr)
         return 1

@@ -83,7 +83,7 @@ async def _serve(folder: Path) -> None:
 
 
 def serve_main() -> None:
-    from emulator.gateway.serve import run_loop
+    from emulator import event_loop
 
     folder = Path(sys.argv[2])
 
@@ -91,7 +91,7 @@ def serve_main() -> None:
         await _serve(folder)
         return 0
 
-    run_loop(main())
+    event_loop.run(main())
 
 
 async def _measure(keys: int, ciphers: set[str]) -> dict[str, list[float]]:

@@ -85,6 +85,7 @@ def test_a_new_guest_from_a_snapshot_takes_the_standby_qemu(local_only: None, se
         try:
             event = power_on(second)
             assert event["spare"] is True and event["qemu_pid"] == qemu_pid == second.info()["qemu_pid"]
+            assert second.info()["event_loop"] == "uvloop"  # a standby's loop, as any owner's
             restored = LinuxShell.resume(Console.for_machine(second, from_offset=None), shell.nonce)
             assert restored.run("cat /tmp/generation").output == "first\n"
             assert restored.run("echo taken").output == "taken\n"
