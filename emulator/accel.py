@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from . import paths
+from . import paths, settings
 
 log = logging.getLogger("sercon.accel")
 
@@ -47,11 +47,9 @@ def _host_key(qemu: str) -> str:
 def known_choice(requested: str, qemu: str) -> tuple[str, str] | None:
     """The verdict when it needs no probe (asked for, no usable /dev/kvm, or cached): a few small
     reads, cheap enough for an owner's event loop. None: only a probe can tell."""
-    forced = os.environ.get("SERCON_ACCEL", "").strip().lower()
+    forced = settings.choice("SERCON_ACCEL")
     if forced in ("tcg", "kvm"):
         return forced, f"forced by SERCON_ACCEL={forced}"
-    if forced and forced != "auto":
-        log.warning("ignoring SERCON_ACCEL=%s (use tcg, kvm or auto)", forced)
     if requested in ("tcg", "kvm"):
         return requested, f"requested accel={requested}"
     if not kvm_accessible():

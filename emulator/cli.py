@@ -29,7 +29,7 @@ import tty
 from pathlib import Path
 from typing import Any
 
-from . import images, paths
+from . import images, paths, settings
 from .errors import ConsoleBusy, SerconError, UnknownGuest
 from .escape import Command, Data, EscapeParser, Unknown, help_text
 from .host_uri import display
@@ -120,6 +120,11 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows.append([name, info["state"], info["boot"], info.get("host") or "local", info["accel"], info.get("image"),
                      info.get("rfc2217_port"), info.get("interactive")])
     print_table(["NAME", "STATE", "BOOT", "HOST", "ACCEL", "IMAGE", "RFC2217", "INTERACTIVE"], rows)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    print_table(["SETTING", "VALUE", "FROM", "WHAT"], [list(row) for row in settings.table()])
     return 0
 
 
@@ -441,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.set_defaults(func=cmd_up)
 
     sub.add_parser("ls", help="list running guests").set_defaults(func=cmd_ls)
+    sub.add_parser("settings", help="the SERCON_* settings in effect, and what each does").set_defaults(
+        func=cmd_settings)
 
     attach = sub.add_parser("attach", help="interactive console (Ctrl+] for the menu)")
     attach.add_argument("name")

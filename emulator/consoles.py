@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from . import settings
 from .errors import ConsoleBusy, GuestNotRunning
 from .protocol import encode_data, encode_event
 from .serial_log import read_log
@@ -32,7 +32,7 @@ log = logging.getLogger("sercon.owner")
 ClientMode = Literal["read", "interactive", "harness"]
 #: A console client whose socket has this much unsent data is dropped (it can re-read the log);
 #: SERCON_CLIENT_BACKLOG (bytes) sets it for the owner processes started with it in their environment.
-CLIENT_BACKLOG_LIMIT = int(os.environ.get("SERCON_CLIENT_BACKLOG", 16 * 1024 * 1024))
+CLIENT_BACKLOG_LIMIT = settings.number("SERCON_CLIENT_BACKLOG")
 #: A client attaching "from offset N" gets at most this much of the log replayed (the rest is in the log).
 REPLAY_MAX = 1024 * 1024
 TAKEOVER_NOTICE = (

@@ -9,15 +9,16 @@ transports cost less per wake-up. `sercon info` says which loop an owner runs (`
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Coroutine
 from typing import Any, TypeVar
+
+from . import settings
 
 T = TypeVar("T")
 
 
 def uvloop_wanted() -> bool:
-    return os.environ.get("SERCON_UVLOOP", "1") != "0"
+    return settings.switch("SERCON_UVLOOP")
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import paths
+from . import paths, settings
 from .trust import private_dir
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def enabled() -> bool:
-    return os.environ.get("SERCON_FORKSERVER", "1") != "0"
+    return settings.switch("SERCON_FORKSERVER")
 
 
 def server_key(env: dict[str, str]) -> str:

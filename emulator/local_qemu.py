@@ -34,7 +34,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 from . import accel as accel_mod
-from . import firmware, snapshots
+from . import firmware, settings, snapshots
 from .backend import Backend
 from .errors import ActionFailed, GuestNotRunning, SerconError, SnapshotError
 from .pacing import BurstPacer
@@ -68,7 +68,7 @@ SPARE_SAFE_OPTIONS = frozenset({
 
 def spares_enabled(extra_args: list[str]) -> bool:
     """SERCON_RESTORE_SPARE=0 turns spares off; so do extra options that may hold a host resource."""
-    if os.environ.get("SERCON_RESTORE_SPARE", "1") == "0":
+    if not settings.switch("SERCON_RESTORE_SPARE"):
         return False
     return all(arg in SPARE_SAFE_OPTIONS for arg in extra_args if arg.startswith("-"))
 
@@ -82,7 +82,7 @@ def com1_pacer() -> BurstPacer | None:
     The gap is 20 ms, not 1: on a busy host QEMU's vCPU is descheduled for a few milliseconds
     now and then, and with a 1 ms gap each such pause ended the run, so the owner read the next
     4 KiB a few bytes at a time again (with 20 viewers on the gateway: 5x the owner's CPU)."""
-    if os.environ.get("SERCON_SERIAL_PACE", "1") == "0":
+    if not settings.switch("SERCON_SERIAL_PACE"):
         return None
     return BurstPacer(gap_s=0.02, min_bytes=4096, min_rate=150_000, hold_s=0.005)
 

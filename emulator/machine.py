@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from . import forkserver, paths
+from . import forkserver, paths, settings
 from .console_socket import open_console
 from .control import ControlClient
 from .errors import ERROR_CLASSES, GuestDied, GuestExists, SerconError, UnknownGuest
@@ -133,6 +133,7 @@ class Machine:
 
     def start(self, timeout: float = START_TIMEOUT) -> Machine:
         """Build the image if needed, start the owner and QEMU; returns once the guest is powered on."""
+        settings.check()  # the owner and its fork server have no terminal to refuse a bad value on
         if not (self._overrides.get("host") or (self.spec is not None and self.spec.host)):
             find_qemu()  # fail early with the package name (a libvirt host has its own QEMU)
         if self.spec is None:

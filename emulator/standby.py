@@ -38,7 +38,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import event_loop, paths, snapshots
+from . import event_loop, paths, settings, snapshots
 from .errors import SerconError
 from .local_qemu import LocalQemu, spares_enabled
 from .spec import GuestSpec
@@ -122,11 +122,7 @@ class Pool:
 
     @classmethod
     def from_env(cls) -> Pool:
-        try:
-            size = int(os.environ.get("SERCON_STANDBYS", "2"))
-        except ValueError:
-            size = 2
-        return cls(max(0, size))
+        return cls(settings.number("SERCON_STANDBYS"))
 
     def channels(self) -> list[socket.socket]:
         return [standby.channel for standby in self._by_template.values()]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .. import event_loop, paths
+from .. import event_loop, paths, settings
 from ..errors import SerconError
 from .audit import AuditLog
 from .auth import hash_password, verify_password
@@ -136,6 +136,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the audit log, TLS key, SSH host key, screenshots: this user's only
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        settings.check()  # before the loop it picks, and the guests' owners
         return event_loop.run(_serve(args))
     except SerconError as exc:
         print(f"sercon serve: {exc}", file=sys.stderr)
