@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "tests" / "bench" / "results"
@@ -95,16 +95,25 @@ def by_round(values: Sequence[float], rounds: int) -> list[Sequence[float]] | No
     return [values[i * size:(i + 1) * size] for i in range(rounds)]
 
 
+class Estimate(NamedTuple):
+    """A figure with its bootstrap 95% CI, and the rounds it was paired over (0: not paired)."""
+
+    value: float
+    low: float
+    high: float
+    paired_rounds: int = 0
+
+
 def ratio_ci(numerator: Sequence[float], denominator: Sequence[float], *, stat: str = "p50",
-             rounds: int = 0, seed: int = 1) -> tuple[float, float, float]:
-    """(point, low, high): the ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI
+             rounds: int = 0, seed: int = 1) -> Estimate:
+    """The ratio of `stat` (p50 or mean) of two samples, with a bootstrap 95% CI
     (paired by round when both were taken in `rounds` interleaved rounds, see excess_sum_ci)."""
     return excess_sum_ci([numerator], denominator, stat=stat, rounds=rounds, seed=seed)
 
 
 def excess_sum_ci(parts: Sequence[Sequence[float]], baseline: Sequence[float], *, stat: str = "p50",
-                  rounds: int = 0, seed: int = 1) -> tuple[float, float, float]:
-    """(point, low, high) of 1 + the sum of each part's excess over `baseline` (stat(part)/stat(baseline) - 1),
+                  rounds: int = 0, seed: int = 1) -> Estimate:
+    """1 + the sum of each part's excess over `baseline` (stat(part)/stat(baseline) - 1),
     with a bootstrap 95% CI: what a path that pays every part's extra cost in turn cannot beat. With
     one part it is that part's ratio to the baseline.
 
@@ -125,11 +134,11 @@ def excess_sum_ci(parts: Sequence[Sequence[float]], baseline: Sequence[float], *
     if len(blocks) == len(cut):
         per_round = [bound([b[i] for b in blocks[:-1]], blocks[-1][i]) for i in range(rounds)]
         values = sorted(pick(rng.choices(per_round, k=rounds)) for _ in range(BOOTSTRAP))
-        return pick(per_round), percentile(values, 2.5), percentile(values, 97.5)
+        return Estimate(pick(per_round), percentile(values, 2.5), percentile(values, 97.5), rounds)
     point = bound(parts, baseline)
     values = sorted(bound([rng.choices(p, k=len(p)) for p in parts], rng.choices(baseline, k=len(baseline)))
                     for _ in range(BOOTSTRAP))
-    return point, percentile(values, 2.5), percentile(values, 97.5)
+    return Estimate(point, percentile(values, 2.5), percentile(values, 97.5))
 
 
 def abba(index: int, items: Sequence[Any]) -> list[Any]:
@@ -234,13 +243,13 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
         return out
     if goal.kind == "value_max":
         values = row.samples[goal.variant]
-        point, low, high = ratio_ci(values, [1.0] * len(values), stat=goal.stat)
+        point, low, high, _ = ratio_ci(values, [1.0] * len(values), stat=goal.stat)
     else:
         assert goal.baseline is not None
-        point, low, high = ratio_ci(row.samples[goal.variant], row.samples[goal.baseline], stat=goal.stat,
-                                    rounds=row.rounds)
-        if by_round(row.samples[goal.variant], row.rounds) and by_round(row.samples[goal.baseline], row.rounds):
-            out["paired_rounds"] = row.rounds
+        point, low, high, paired = ratio_ci(row.samples[goal.variant], row.samples[goal.baseline],
+                                            stat=goal.stat, rounds=row.rounds)
+        if paired:
+            out["paired_rounds"] = paired
     def good(x: float) -> bool:
         return x <= goal.limit if goal.kind in ("ratio_max", "value_max") else x >= goal.limit
 
@@ -251,11 +260,11 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
         base = row.samples[goal.baseline]
         out["floors"] = []
         for name in floors:
-            value, low, high = ratio_ci(row.samples[name], base, stat=goal.stat, rounds=row.rounds)
+            value, low, high, _ = ratio_ci(row.samples[name], base, stat=goal.stat, rounds=row.rounds)
             out["floors"].append({"variant": name, "value": value, "ci95": [low, high]})
         if len(floors) >= 2:
-            value, low, high = excess_sum_ci([row.samples[name] for name in floors], base, stat=goal.stat,
-                                             rounds=row.rounds)
+            value, low, high, _ = excess_sum_ci([row.samples[name] for name in floors], base, stat=goal.stat,
+                                                rounds=row.rounds)
             out["bound"] = {"variants": floors, "value": value, "ci95": [low, high],
                             "reachable": good(low) or good(high)}
     return out

@@ -54,8 +54,8 @@ def test_costs_paid_in_turn_add_up() -> None:
 
 
 def test_excess_sum_of_one_part_is_its_ratio() -> None:
-    point, low, high = excess_sum_ci([spread(1.3)], spread(1.0))
-    assert abs(point - 1.3) < 0.01 and low <= point <= high
+    point, low, high, paired = excess_sum_ci([spread(1.3)], spread(1.0))
+    assert abs(point - 1.3) < 0.01 and low <= point <= high and paired == 0  # no rounds given
 
 
 def test_a_missing_floor_is_left_out() -> None:
