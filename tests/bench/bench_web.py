@@ -324,6 +324,45 @@ class WebBench:
         self.bare_pipe.close()
 
 
+class AsyncioOwner:
+    """A second guest of the bench's image whose owner runs asyncio's own loop (SERCON_UVLOOP=0),
+    so the echo row has the owner's hop on uvloop and on asyncio side by side."""
+
+    def __init__(self, home: Path) -> None:
+        from emulator import Machine
+
+        saved = {name: os.environ.get(name) for name in ("SERCON_UVLOOP", "SERCON_HOME")}
+        os.environ.update(SERCON_UVLOOP="0", SERCON_HOME=str(home))
+        try:
+            self.machine = Machine("linux-initramfs", name="bench-asyncio").start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        loop = self.machine.info()["event_loop"]
+        if loop != "asyncio":
+            raise RuntimeError(f"the asyncio owner runs {loop}")
+
+    async def console(self, from_offset: int | None = None) -> RawSocketStream:
+        assert self.machine.folder is not None
+        reader, writer = await asyncio.open_unix_connection(str(self.machine.folder / "console.sock"))
+        writer.write(json.dumps({"mode": "harness", "client": "bench-asyncio",
+                                 "from_offset": from_offset}).encode() + b"\n")
+        await reader.readline()
+        return RawSocketStream(reader, writer)
+
+    async def booted(self) -> None:
+        """At `login:` (read from the log's start: it may have come already), so no key comes early."""
+        stream = await self.console(from_offset=0)
+        await stream.expect(b"login:", timeout=240)
+        await stream.close()
+
+    def close(self) -> None:
+        self.machine.stop()
+
+
 class PipeStream(Stream):
     """A bare QEMU's COM1 on its `pipe` chardev: read from NAME.out, written to NAME.in."""
 
@@ -631,10 +670,13 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
     stack.push_async_callback(floor_qemu.aclose)
     behind_sshd = BareQemu("unix")
     stack.callback(behind_sshd.close)
+    plain_owner = AsyncioOwner(bench.home)
+    stack.callback(plain_owner.close)
     floor = await floor_qemu.stream()
     await floor.expect(b"login:", timeout=240)
     await floor.shell()
     await behind_sshd.booted()
+    await plain_owner.booted()
     session = await bench.http()
     stack.push_async_callback(session.close)
     sshd = None
@@ -673,6 +715,7 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
         "QEMU's own TLS websocket": via_qemu_wss,
         "QEMU behind OpenSSH's sshd": per_block(qemu_behind_sshd),
         "owner socket": per_block(lambda: bench.console_reader("harness")),
+        "owner socket, asyncio loop": per_block(plain_owner.console),
         "websocket": per_block(lambda: bench.ws(session)),
         "ssh": per_block(bench.ssh),
         "ssh, OpenSSH client": per_block(bench.openssh),
@@ -689,8 +732,10 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
                                             "client: no process between, the floor of any web front end",
                 "QEMU behind OpenSSH's sshd": "asyncssh client (the ssh row's ciphers), OpenSSH's sshd on a pty, "
                                               "nc -U to COM1's socket: no owner, the floor of any SSH front end",
-                "owner socket": "the owner's console socket in harness mode: the owner's hop, no gateway; "
-                                "every front end adds its protocol and its own hop to it",
+                "owner socket": "the owner's console socket in harness mode: the owner's hop (on uvloop), no "
+                                "gateway; every front end adds its protocol and its own hop to it",
+                "owner socket, asyncio loop": "the same on a second guest whose owner runs asyncio's own "
+                                              "loop (SERCON_UVLOOP=0)",
                 "websocket": "the browser's protocol, a session per block of 10 keys",
                 "ssh": "asyncssh client, " + ", ".join(sorted(bench.ssh_ciphers)),
                 "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"}, rounds=rounds)
