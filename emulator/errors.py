@@ -59,6 +59,10 @@ class ControlError(SerconError):
     """The control socket spoke something unexpected (version mismatch, or a bug)."""
 
 
+class SettingError(SerconError):
+    """A SERCON_* setting (emulator/settings.py) with a value it cannot take."""
+
+
 ERROR_CLASSES: dict[str, type[SerconError]] = {
     cls.__name__: cls
     for cls in (
@@ -75,5 +79,6 @@ ERROR_CLASSES: dict[str, type[SerconError]] = {
         ActionFailed,
         ControlError,
         SnapshotError,
+        SettingError,
     )
 }

@@ -17,16 +17,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import SerconError
+from .errors import SettingError
+
+__all__ = ["SETTINGS", "Setting", "SettingError", "check", "choice", "number", "switch", "table", "value"]
 
 Kind = Literal["switch", "count", "bytes", "choice"]
 
 ON = ("1", "on", "yes", "true")
 OFF = ("0", "off", "no", "false")
-
-
-class SettingError(SerconError):
-    """A SERCON_* setting with a value it cannot take."""
 
 
 @dataclass(frozen=True)
