@@ -35,7 +35,6 @@ are recorded with it, and the README's figures say how to run it again.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
@@ -45,7 +44,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record import Row, boot_to_login_ms, interleaved, machine_meta, run_true_ms, save  # noqa: E402
+from record import Row, boot_to_login_ms, environment, interleaved, machine_meta, run_true_ms, save  # noqa: E402
 
 from emulator import Machine, paths, resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -338,20 +337,6 @@ def bench_snapshots(image: str, accel: str) -> Row:
                                         "owner loaded after the previous restore takes over (spare PSS: QEMU PSS row)",
         "restore into a running guest, no spare": "the same with SERCON_RESTORE_SPARE=0: a new QEMU starts and loads"},
         rounds=RUNS)
-
-
-@contextlib.contextmanager
-def environment(**values: str) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def wait_for_spare(machine: Machine, timeout: float = 60.0) -> int:

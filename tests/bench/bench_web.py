@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from record import Row, abba  # noqa: E402
+from record import Row, abba, environment  # noqa: E402
 
 from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
@@ -331,16 +331,8 @@ class AsyncioOwner:
     def __init__(self, home: Path) -> None:
         from emulator import Machine
 
-        saved = {name: os.environ.get(name) for name in ("SERCON_UVLOOP", "SERCON_HOME")}
-        os.environ.update(SERCON_UVLOOP="0", SERCON_HOME=str(home))
-        try:
+        with environment(SERCON_UVLOOP="0", SERCON_HOME=str(home)):
             self.machine = Machine("linux-initramfs", name="bench-asyncio").start()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         loop = self.machine.info()["event_loop"]
         if loop != "asyncio":
             raise RuntimeError(f"the asyncio owner runs {loop}")

@@ -12,6 +12,7 @@ README shows is read from the one result file this writes (`tests/bench/results/
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -20,7 +21,7 @@ import random
 import socket
 import statistics
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -139,6 +140,21 @@ def excess_sum_ci(parts: Sequence[Sequence[float]], baseline: Sequence[float], *
     values = sorted(bound([rng.choices(p, k=len(p)) for p in parts], rng.choices(baseline, k=len(baseline)))
                     for _ in range(BOOTSTRAP))
     return Estimate(point, percentile(values, 2.5), percentile(values, 97.5))
+
+
+@contextlib.contextmanager
+def environment(**values: str) -> Iterator[None]:
+    """These environment variables set for the block (an owner started in it reads them), then as before."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def abba(index: int, items: Sequence[Any]) -> list[Any]:
