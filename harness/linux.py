@@ -31,12 +31,12 @@ from emulator.errors import SerconError
 
 from .console import Console, ConsoleTimeout, GuestSocketSpawn
 
-#: Default prompt patterns, matched against the text left of the cursor on the cursor's row of a
-#: terminal emulator fed with the console (colours, cursor moves, bracketed paste, a zsh right
-#: prompt and the banner above do not count). Override with `LinuxShell(login_prompt=, shell_prompt=)`.
 #: What firmware and boot loaders print on the serial console, and what only comes after them.
 BOOT_LOADER_MARKERS = (b"Welcome to GRUB", b"GNU GRUB", b"BdsDxe: ", b"SeaBIOS (version", b"Booting from ")
 KERNEL_OR_LATER = re.compile(rb"Linux version |\[\s*\d+\.\d{6}\]|login: |Welcome to |emergency mode|\$ |# ")
+#: Default prompt patterns, matched against the text left of the cursor on the cursor's row of a
+#: terminal emulator fed with the console (colours, cursor moves, bracketed paste, a zsh right
+#: prompt and the banner above do not count). Override with `LinuxShell(login_prompt=, shell_prompt=)`.
 LOGIN_PROMPT = re.compile(r"(?i)(?:\blog ?in|\busername|\buser)(?: name)?: ?$")
 PASSWORD_PROMPT = re.compile(r"(?i)\bpassword(?: for [^:]*)?: ?$")
 SHELL_PROMPT = re.compile(r"[#$%>\u276f\u00bb\u279c] ?$")
@@ -267,6 +267,11 @@ class LinuxShell:
             # The boot's log, read only when one of the two checks below will look at it: every
             # 0.4 s of a firmware's silence would otherwise read the events and the log again.
             boot_log = self._boot_log() if (got_output and not kind) or (quiet_long and enters < 3) else None
+            if typed and got_output and not kind and "password" in wanted and \
+                    self._prompt_under_messages(fresh.encode()) == "password":
+                # The password prompt, then kernel messages on its row and below: the prompt still
+                # waits for the password. The quiet-Enter below would answer it with an empty one.
+                return "password"
             buried = self._buried_prompt(boot_log) if got_output and not kind else ""
             if buried in wanted and enters < 3:
                 # A getty or shell prompt, then only kernel messages (printk lands on the console
@@ -303,11 +308,15 @@ class LinuxShell:
         without a guest's boots to tell them apart."""
         if log is None or self._in_boot_loader(log):
             return ""
-        cleaned = KERNEL_LINE.sub(b"", log)
-        if len(cleaned) == len(log):
-            return ""  # no kernel message at all: nothing is buried
-        kind = self._classify(_strip(cleaned[-4096:]).rstrip("\n").rsplit("\n", 1)[-1], "")
+        kind = self._prompt_under_messages(log)
         return kind if kind in ("login", "shell") else ""
+
+    def _prompt_under_messages(self, text: bytes) -> str:
+        """The prompt `text` ends with once its kernel messages are taken out ("" if it has none)."""
+        cleaned = KERNEL_LINE.sub(b"", text)
+        if len(cleaned) == len(text):
+            return ""  # no kernel message at all: nothing is buried
+        return self._classify(_strip(cleaned[-4096:]).rstrip("\n").rsplit("\n", 1)[-1], "")
 
     @staticmethod
     def _in_boot_loader(log: bytes | None) -> bool:

@@ -219,6 +219,32 @@ def test_a_login_prompt_under_kernel_messages_is_answered_at_once(make_guest: Ca
     assert shell.run("echo ok").output == "ok\n"
 
 
+def test_a_password_prompt_under_kernel_messages_gets_the_password(make_guest: Callable[..., Machine]) -> None:
+    """Kernel messages printed just after "Password: " (a clocksource watchdog warning did, on a
+    loaded CI host) fill the prompt's row and the rows below, and the prompt still waits. login()
+    must type the password. It used to find no prompt, wait for quiet, press Enter and so send an
+    empty password ('Login incorrect'): seen to fail that way with the rule removed."""
+    machine = make_guest()
+    wait_in_log(machine, rb"login: ", 0, timeout=120)
+    seen = bytearray()
+    buried: list[int] = []
+
+    def bury(data: bytes) -> None:  # runs as the console reads, before login() sees the bytes
+        seen.extend(data)
+        if not buried and b"Password:" in seen:
+            buried.append(len(machine.read_log(0)))
+            machine.sysrq("h")
+            wait_in_log(machine, rb"sysrq: HELP[^\n]*\n", buried[0])
+
+    console = Console.for_machine(machine, from_offset=0)
+    console.tail.hooks.append(bury)
+    shell = LinuxShell(console)
+    shell.login("root", "sercon", timeout=90)
+    assert buried, "the guest never asked for a password"
+    assert re.search(rb"Password: ?\s*\[\s*\d+\.\d+\] sysrq: HELP", machine.read_log(buried[0] - 16))
+    assert shell.run("echo ok").output == "ok\n"
+
+
 def test_unknown_guest_is_a_clear_error(sercon_home: object) -> None:
     with pytest.raises(SerconError, match="no running guest named 'nope'"):
         Machine.attach("nope")
