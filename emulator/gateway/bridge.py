@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..errors import SerconError
 from .fleet_host import ConsoleConnection, FleetHost
@@ -52,12 +52,12 @@ Input = ToGuest | ToUser | SysRqKey | End | Keepalive
 
 
 class InputSource(Protocol):
-    """A front end's input: `future()` is the pending read (kept across bridges, so no keystroke is
-    lost between two console sessions); `take()` turns its result into items."""
+    """A front end's input. `next()` waits for the next message and returns its items; the bridge
+    awaits it directly, so a keystroke reaches the owner on the same wake-up that read it. It must
+    be safe to cancel while it waits: the bridge cancels it to end (idle, expired, the owner's
+    side closed), and a message not yet taken stays for the next bridge or the next reader."""
 
-    def future(self) -> asyncio.Future[Any]: ...
-
-    def take(self) -> list[Input]: ...
+    async def next(self) -> list[Input]: ...
 
 
 async def run_bridge(host: FleetHost, conn: ConsoleConnection, inputs: InputSource, *,
@@ -65,6 +65,34 @@ async def run_bridge(host: FleetHost, conn: ConsoleConnection, inputs: InputSour
                      source: str, via: str, expires_at: float | None = None) -> tuple[str, int]:
     """Pump both ways until one side ends; returns (reason, serial-log offset reached)."""
     position = conn.start
+    me = asyncio.current_task()
+    assert me is not None
+    loop = asyncio.get_running_loop()
+    idle = host.fleet.idle_timeout
+    expires = None if expires_at is None else time.monotonic() + (expires_at - time.time())
+    last_input = time.monotonic()
+    waiting = False  # awaiting inputs.next(): the one place an ending may cancel
+    ending: list[str] = []  # why the bridge ends, set by the output pump or the timer
+
+    timer: asyncio.TimerHandle | None = None
+
+    def stop(reason: str) -> None:
+        if not ending:
+            ending.append(reason)
+            if waiting:
+                me.cancel()
+
+    def check() -> None:
+        """Idle and expiry, checked when due instead of with a timeout on every read."""
+        nonlocal timer
+        now = time.monotonic()
+        if expires is not None and now >= expires:
+            stop("expired")
+        elif waiting and now - last_input >= idle:
+            stop("idle")
+        else:
+            due = last_input + idle if waiting else max(last_input + idle, now + 0.5)
+            timer = loop.call_later((due if expires is None else min(due, expires)) - now, check)
 
     async def out() -> None:
         nonlocal position
@@ -72,26 +100,24 @@ async def run_bridge(host: FleetHost, conn: ConsoleConnection, inputs: InputSour
             position += len(data)
             await show(data)
 
+    def pump_ended(_: object) -> None:
+        stop(conn.reason)
+
     pump = asyncio.create_task(out())
-    idle = host.fleet.idle_timeout
-    last_input = time.monotonic()
+    pump.add_done_callback(pump_ended)
+    timer = loop.call_later(0, check)
     try:
-        while True:
-            now = time.monotonic()
-            remaining = idle - (now - last_input)
-            if expires_at is not None:
-                remaining = min(remaining, expires_at - time.time())
-            read = inputs.future()
-            done, _ = await asyncio.wait({read, pump}, timeout=max(0.0, remaining),
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if read not in done:
-                # The pending read stays for the next bridge: no input is lost.
-                if pump in done:
-                    return conn.reason, position
-                if expires_at is not None and time.time() >= expires_at:
-                    return "expired", position
-                return "idle", position
-            for item in inputs.take():
+        while not ending:
+            waiting = True
+            try:
+                items = await inputs.next()
+            except asyncio.CancelledError:
+                if not ending or me.uncancel() > 0:
+                    raise  # cancelled from outside, not by stop()
+                break
+            finally:
+                waiting = False
+            for item in items:
                 if isinstance(item, Keepalive):
                     continue
                 last_input = time.monotonic()
@@ -109,11 +135,14 @@ async def run_bridge(host: FleetHost, conn: ConsoleConnection, inputs: InputSour
                         conn.last_input = time.monotonic()
                 elif isinstance(item, SysRqKey):
                     await sysrq(host, conn, item.key, source, via, tell)
-            if pump.done():
-                return conn.reason, position
+        return ending[0], position
     except ConnectionError:
         return conn.ended_by_server or conn.ended_by_owner or "connection lost", position
     finally:
+        ending.append("done")  # stop() is a no-op from here on
+        if timer is not None:
+            timer.cancel()
+        pump.remove_done_callback(pump_ended)
         pump.cancel()
 
 

@@ -57,28 +57,6 @@ BREAK = b"<break>"
 log = logging.getLogger("sercon.ssh")
 
 
-class _Input:
-    """A session's keystrokes (from `SshFrontEnd.read_input`), with at most one pending get."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._pending: asyncio.Future[bytes | None] | None = None
-
-    def future(self) -> asyncio.Future[bytes | None]:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self.queue.get())
-        return self._pending
-
-    def take(self) -> bytes | None:
-        assert self._pending is not None and self._pending.done()
-        result, self._pending = self._pending.result(), None
-        return result
-
-    async def get(self) -> bytes | None:
-        await self.future()
-        return self.take()
-
-
 class _Server(asyncssh.SSHServer):
     def __init__(self, front: SshFrontEnd) -> None:
         self.front = front
@@ -132,17 +110,14 @@ class _Server(asyncssh.SSHServer):
 
 class _SshInput:
     """The session's keystrokes as bridge items, through the `~` escape parser (state kept across
-    console sessions, like the one pending read of stdin)."""
+    console sessions, like the one queue of what stdin read)."""
 
-    def __init__(self, raw: _Input) -> None:
+    def __init__(self, raw: asyncio.Queue[bytes | None]) -> None:
         self.raw = raw
         self.parser = SshEscapeParser()
 
-    def future(self) -> asyncio.Future[bytes | None]:
-        return self.raw.future()
-
-    def take(self) -> list[Input]:
-        data = self.raw.take()
+    async def next(self) -> list[Input]:
+        data = await self.raw.get()  # a cancelled get() leaves the chunk in the queue
         if data is BREAK:
             self.parser.brk()
             return [Keepalive()]
@@ -182,8 +157,8 @@ class SshFrontEnd:
             process.exit(1)
             return
         process.stdout.write(f"[sercon] serial console of {vm.name} (~? lists escapes)\r\n".encode())
-        raw = _Input()
-        reader_task = asyncio.create_task(self.read_input(process, raw.queue))
+        raw: asyncio.Queue[bytes | None] = asyncio.Queue()
+        reader_task = asyncio.create_task(self.read_input(process, raw))
         try:
             await self.sessions(process, vm.name, user, source, _SshInput(raw), -4096)
         except (asyncssh.Error, ConnectionError, asyncio.CancelledError):
@@ -258,7 +233,7 @@ class SshFrontEnd:
             await queue.put(data)
 
     @staticmethod
-    async def wait_for_enter(inp: _Input) -> bool:
+    async def wait_for_enter(inp: asyncio.Queue[bytes | None]) -> bool:
         while True:
             data = await inp.get()
             if data is BREAK:

@@ -313,7 +313,6 @@ class WebConsole:
         except (ConnectionError, asyncio.CancelledError):
             reason = conn.ended_by_server or "connection lost"
         finally:
-            inputs.cancel()
             if reason == "expired":
                 self.sessions.drop(session.token)
             self.host.console_closed(conn, session.user, source, "web", reason)
@@ -400,29 +399,15 @@ class WebConsole:
 
 
 class _WsInput:
-    """A websocket's messages as bridge items (one pending receive at a time)."""
+    """A websocket's messages as bridge items (aiohttp's receive() keeps an unread message when
+    cancelled)."""
 
     def __init__(self, console: WebConsole, ws: web.WebSocketResponse) -> None:
         self.console = console
         self.ws = ws
-        self._pending: asyncio.Future[list[Input]] | None = None
 
-    async def _next(self) -> list[Input]:
+    async def next(self) -> list[Input]:
         return await self.console.input_items(self.ws, await self.ws.receive())
-
-    def future(self) -> asyncio.Future[list[Input]]:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self._next())
-        return self._pending
-
-    def take(self) -> list[Input]:
-        assert self._pending is not None
-        result, self._pending = self._pending.result(), None
-        return result
-
-    def cancel(self) -> None:
-        if self._pending is not None:
-            self._pending.cancel()
 
 
 def make_app(host: FleetHost) -> web.Application:

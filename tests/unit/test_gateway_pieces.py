@@ -149,17 +149,9 @@ class _Inputs:
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[list[Any]] = asyncio.Queue()
-        self._pending: asyncio.Future[list[Any]] | None = None
 
-    def future(self) -> asyncio.Future[list[Any]]:
-        if self._pending is None:
-            self._pending = asyncio.ensure_future(self.queue.get())
-        return self._pending
-
-    def take(self) -> list[Any]:
-        assert self._pending is not None
-        result, self._pending = self._pending.result(), None
-        return result
+    async def next(self) -> list[Any]:
+        return await self.queue.get()
 
 
 class _Host:
@@ -207,6 +199,49 @@ def test_bridge_keepalives_are_not_input_and_sessions_expire() -> None:
     assert asyncio.run(_bridge(0.5, [[Keepalive()]] * 30 + [[End("quit")]])) == "idle"
     assert asyncio.run(_bridge(5, [[ToGuest(b"x")]] * 12 + [[End("quit")]])) == "quit"
     assert asyncio.run(_bridge(60, [[ToGuest(b"x")]] * 100, expires_in=0.3)) == "expired"
+
+
+def test_bridge_ends_with_the_owners_side_and_still_yields_to_an_outside_cancel() -> None:
+    """The bridge waits on the front end's input itself and ends by cancelling that wait: when the
+    owner's side closes (here: the owner's "closed" event, a takeover) it returns the owner's reason
+    and leaves input it did not take in the queue; a cancel from outside (sercon serve stopping)
+    still cancels it. Seen to fail with the bridge taking every cancel for its own (the outside
+    cancel did not come out) and with the pump's end not cancelling the wait (a timeout)."""
+    from emulator.gateway.bridge import ToGuest, run_bridge
+
+    async def show(data: bytes) -> None:
+        pass
+
+    async def go() -> None:
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        conn = _conn(b"")
+        conn.reader, conn.writer = reader, writer
+        inputs = _Inputs()
+        bridge = asyncio.create_task(run_bridge(_Host(60), conn, inputs, show=show, tell=show,  # type: ignore[arg-type]
+                                                source="s", via="t"))
+        await asyncio.sleep(0.1)
+        theirs.sendall(encode_event({"type": "closed", "reason": "takeover"}))
+        theirs.close()
+        reason, _ = await asyncio.wait_for(bridge, 10)
+        assert reason == "takeover"
+        inputs.queue.put_nowait([ToGuest(b"typed after")])
+        assert inputs.queue.qsize() == 1  # no reader left behind to take it
+        writer.close()
+
+        ours, theirs = socket.socketpair()
+        reader, writer = await asyncio.open_connection(sock=ours)
+        conn.reader, conn.writer = reader, writer
+        bridge = asyncio.create_task(run_bridge(_Host(60), conn, _Inputs(), show=show, tell=show,  # type: ignore[arg-type]
+                                                source="s", via="t"))
+        await asyncio.sleep(0.1)
+        bridge.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(bridge, 10)
+        writer.close()
+        theirs.close()
+
+    asyncio.run(go())
 
 
 def test_console_pacer_never_holds_a_typists_echoes_and_gathers_a_burst() -> None:
