@@ -34,8 +34,21 @@ from record import Row, abba  # noqa: E402
 KEYS = 100
 
 
-async def _serve(folder: Path) -> None:
-    """The echo server: HTTPS websocket and SSH, configured as sercon serve's; prints its ports."""
+async def _owner_console(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """The owner's console socket in harness mode: plain bytes both ways, the least it serves."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(json.dumps({"mode": "harness", "client": "bench-proxy", "from_offset": None}).encode() + b"\n")
+    await reader.readline()
+    return reader, writer
+
+
+async def _serve(folder: Path, console: str | None = None) -> None:
+    """The echo server: HTTPS websocket and SSH, configured as sercon serve's; prints its ports.
+
+    With `console` (an owner's console socket) it is a proxy instead: each websocket or SSH session
+    is forwarded to that socket and back, with nothing else in between (no login, roles, bridge,
+    audit or pacing). That is the least a front end in its own Python process can do through the
+    owner: the floor of sercon serve's design."""
     from aiohttp import web
 
     from emulator.gateway import ssh as gateway_ssh
@@ -47,8 +60,23 @@ async def _serve(folder: Path) -> None:
     async def websocket(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30)
         await ws.prepare(request)
-        async for message in ws:
-            await ws.send_bytes(message.data if isinstance(message.data, bytes) else message.data.encode())
+        if console is None:
+            async for message in ws:
+                await ws.send_bytes(message.data if isinstance(message.data, bytes) else message.data.encode())
+            return ws
+        reader, writer = await _owner_console(console)
+
+        async def down() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(data)
+
+        task = asyncio.create_task(down())
+        try:
+            async for message in ws:
+                writer.write(message.data if isinstance(message.data, bytes) else message.data.encode())
+        finally:
+            task.cancel()
+            writer.close()
         return ws
 
     app = web.Application()
@@ -61,10 +89,27 @@ async def _serve(folder: Path) -> None:
     https_port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def echo(process: asyncssh.SSHServerProcess[bytes]) -> None:
-        while data := await process.stdin.read(4096):
-            process.stdout.write(data)
-            await process.stdout.drain()
-        process.exit(0)
+        if console is None:
+            while data := await process.stdin.read(4096):
+                process.stdout.write(data)
+                await process.stdout.drain()
+            process.exit(0)
+            return
+        reader, writer = await _owner_console(console)
+
+        async def down() -> None:
+            while data := await reader.read(65536):
+                process.stdout.write(data)
+                await process.stdout.drain()
+
+        task = asyncio.create_task(down())
+        try:
+            while data := await process.stdin.read(4096):
+                writer.write(data)
+        finally:
+            task.cancel()
+            writer.close()
+            process.exit(0)
 
     class Server(asyncssh.SSHServer):
         def begin_auth(self, username: str) -> bool:
@@ -86,44 +131,70 @@ def serve_main() -> None:
     from emulator import event_loop
 
     folder = Path(sys.argv[2])
+    console = sys.argv[3] if len(sys.argv) > 3 else None
 
     async def main() -> int:
-        await _serve(folder)
+        await _serve(folder, console)
         return 0
 
     event_loop.run(main())
 
 
+class FloorServer:
+    """`_serve` in its own process, and clients for it: the echo server, or with `console` the
+    proxy to an owner's console socket. Use as `async with FloorServer() as server:`."""
+
+    def __init__(self, console: Path | None = None) -> None:
+        self.console = console
+        self.ciphers: set[str] = set()
+
+    async def __aenter__(self) -> FloorServer:
+        folder = Path(tempfile.mkdtemp(prefix="sercon-bench-floor-"))
+        argv = [sys.executable, __file__, "serve", str(folder), *([str(self.console)] if self.console else [])]
+        self.server = subprocess.Popen(argv, stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        assert self.server.stdout is not None
+        line = await asyncio.get_running_loop().run_in_executor(None, self.server.stdout.readline)
+        self.info: dict[str, Any] = json.loads(line)
+        self.tls = ssl.create_default_context(cafile=self.info["cert"])
+        self.session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.session.close()
+        self.server.kill()
+        self.server.wait()
+
+    async def websocket(self) -> Any:
+        from bench_web import WsStream
+
+        return WsStream(await self.session.ws_connect(f"https://127.0.0.1:{self.info['https']}/echo", ssl=self.tls))
+
+    async def ssh(self) -> Any:
+        from bench_web import SshStream
+
+        conn = await asyncssh.connect("127.0.0.1", self.info["ssh"], username="bench", known_hosts=None,
+                                      client_keys=None, agent_path=None, password=None)
+        self.ciphers.add(str(conn.get_extra_info("send_cipher")))
+        # the proxy passes everything to the guest: nothing to send to end the session
+        return SshStream(conn, await conn.create_process(term_type="xterm", encoding=None),
+                         escape=b"" if self.console else b"\r~.")
+
+    async def openssh(self) -> Any:
+        from bench_web import OpenSshStream
+
+        stream = OpenSshStream(["ssh", "-tt", "-p", str(self.info["ssh"]), "-F", "none", "-o", "BatchMode=yes",
+                                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                                "-o", "LogLevel=ERROR", "bench@127.0.0.1"])
+        await stream.send(b"x")
+        await stream.expect(b"x", timeout=30)
+        return stream
+
+
 async def _measure(keys: int, ciphers: set[str]) -> dict[str, list[float]]:
-    from bench_web import OpenSshStream, SshStream, Stream, WsStream, _echo
+    from bench_web import _echo
 
-    folder = Path(tempfile.mkdtemp(prefix="sercon-bench-floor-"))
-    server = subprocess.Popen([sys.executable, __file__, "serve", str(folder)], stdout=subprocess.PIPE,
-                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    try:
-        assert server.stdout is not None
-        info: dict[str, Any] = json.loads(server.stdout.readline())
-        tls = ssl.create_default_context(cafile=info["cert"])
-        session = aiohttp.ClientSession()
-
-        async def websocket() -> Stream:
-            return WsStream(await session.ws_connect(f"https://127.0.0.1:{info['https']}/echo", ssl=tls))
-
-        async def ssh() -> Stream:
-            conn = await asyncssh.connect("127.0.0.1", info["ssh"], username="bench", known_hosts=None,
-                                          client_keys=None, agent_path=None, password=None)
-            ciphers.add(str(conn.get_extra_info("send_cipher")))
-            return SshStream(conn, await conn.create_process(term_type="xterm", encoding=None))
-
-        async def openssh() -> Stream:
-            stream = OpenSshStream(["ssh", "-tt", "-p", str(info["ssh"]), "-F", "none", "-o", "BatchMode=yes",
-                                    "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-                                    "-o", "LogLevel=ERROR", "bench@127.0.0.1"])
-            await stream.send(b"x")
-            await stream.expect(b"x", timeout=30)
-            return stream
-
-        openers = {"TLS websocket": websocket, "ssh": ssh, "ssh, OpenSSH client": openssh}
+    async with FloorServer() as server:
+        openers = {"TLS websocket": server.websocket, "ssh": server.ssh, "ssh, OpenSSH client": server.openssh}
         samples: dict[str, list[float]] = {name: [] for name in openers}
         for index in range(max(1, keys // 10)):
             for name in abba(index, list(openers)):
@@ -132,11 +203,8 @@ async def _measure(keys: int, ciphers: set[str]) -> dict[str, list[float]]:
                     samples[name].extend(await _echo(stream, 10))
                 finally:
                     await stream.close()
-        await session.close()
+        ciphers.update(server.ciphers)
         return samples
-    finally:
-        server.kill()
-        server.wait()
 
 
 def bench_floor(keys: int = KEYS) -> Row:

@@ -664,6 +664,9 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
     stack.callback(behind_sshd.close)
     plain_owner = AsyncioOwner(bench.home)
     stack.callback(plain_owner.close)
+    from bench_floor import FloorServer
+
+    proxy = await stack.enter_async_context(FloorServer(console=bench.console_sock()))
     floor = await floor_qemu.stream()
     await floor.expect(b"login:", timeout=240)
     await floor.shell()
@@ -708,6 +711,8 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
         "QEMU behind OpenSSH's sshd": per_block(qemu_behind_sshd),
         "owner socket": per_block(lambda: bench.console_reader("harness")),
         "owner socket, asyncio loop": per_block(plain_owner.console),
+        "Python websocket proxy on the owner socket": per_block(proxy.websocket),
+        "Python SSH proxy on the owner socket": per_block(proxy.ssh),
         "websocket": per_block(lambda: bench.ws(session)),
         "ssh": per_block(bench.ssh),
         "ssh, OpenSSH client": per_block(bench.openssh),
@@ -728,6 +733,13 @@ async def _echo_row(bench: WebBench, keys: int, stack: contextlib.AsyncExitStack
                                 "gateway; every front end adds its protocol and its own hop to it",
                 "owner socket, asyncio loop": "the same on a second guest whose owner runs asyncio's own "
                                               "loop (SERCON_UVLOOP=0)",
+                "Python websocket proxy on the owner socket": "an aiohttp server (sercon serve's TLS context "
+                                                              "and loop) that forwards each websocket to the owner's "
+                                                              "console socket and back, and does nothing else: the "
+                                                              "floor of a web front end in its own Python process",
+                "Python SSH proxy on the owner socket": "the same with an asyncssh server (sercon serve's "
+                                                        "algorithms): the floor of an SSH front end in its own "
+                                                        "Python process",
                 "websocket": "the browser's protocol, a session per block of 10 keys",
                 "ssh": "asyncssh client, " + ", ".join(sorted(bench.ssh_ciphers)),
                 "ssh, OpenSSH client": "OpenSSH's ssh -tt on a pty, public key"}, rounds=rounds)

@@ -213,6 +213,10 @@ class Goal:
     #: With two or more, each a cost that every implementation pays in turn (a protocol, a process
     #: hop), their excesses over the baseline add up to a bound no implementation can beat either.
     floors: tuple[str, ...] = ()
+    #: The variant that does the least an implementation of sercon's design must do (for a front
+    #: end: its own Python process between the client and the owner's console socket). If even it
+    #: misses the limit, the design cannot meet it on this host, whatever the code does.
+    design_floor: str | None = None
 
 
 #: Every goal sercon holds itself to in `make bench`, in the order the report shows them.
@@ -226,9 +230,11 @@ GOALS: tuple[Goal, ...] = (
     Goal("throughput", "guest output to the websocket at least 0.9x the raw QEMU socket",
          "web.throughput", "websocket", "ratio_min", 0.9, "raw QEMU socket"),
     Goal("echo-web", "keystroke echo over the web at most 1.2x raw", "web.echo", "websocket", "ratio_max", 1.2,
-         "raw QEMU socket", floors=("QEMU's own TLS websocket", "owner socket")),
+         "raw QEMU socket", floors=("QEMU's own TLS websocket", "owner socket"),
+         design_floor="Python websocket proxy on the owner socket"),
     Goal("echo-ssh", "keystroke echo over SSH at most 1.2x raw", "web.echo", "ssh", "ratio_max", 1.2,
-         "raw QEMU socket", floors=("QEMU behind OpenSSH's sshd", "owner socket")),
+         "raw QEMU socket", floors=("QEMU behind OpenSSH's sshd", "owner socket"),
+         design_floor="Python SSH proxy on the owner socket"),
     Goal("viewers", "writer speed with 20 read-only viewers at least 0.95x alone", "web.viewers",
          "alone", "ratio_min", 0.95, "with 20 viewers"),
     Goal("viewers-bytes", "every viewer received exactly the bytes of the serial log", "web.viewers.bytes",
@@ -283,6 +289,11 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
                                                 rounds=row.rounds)
             out["bound"] = {"variants": floors, "value": value, "ci95": [low, high],
                             "reachable": good(low) or good(high)}
+    if goal.design_floor and goal.baseline and row.samples.get(goal.design_floor):
+        value, low, high, _ = ratio_ci(row.samples[goal.design_floor], row.samples[goal.baseline], stat=goal.stat,
+                                       rounds=row.rounds)
+        out["design_floor"] = {"variant": goal.design_floor, "value": value, "ci95": [low, high],
+                               "reachable": good(low) or good(high)}
     return out
 
 

@@ -69,6 +69,12 @@ def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
                            f"{bound['ci95'][1]:.3g})")
                 if not bound["reachable"]:
                     figure += ": no front end through the owner can meet the limit on this host"
+            if "design_floor" in goal:
+                least = goal["design_floor"]
+                figure += (f"; the least this design can do ({least['variant']}) {least['value']:.3g} (95% CI "
+                           f"{least['ci95'][0]:.3g} to {least['ci95'][1]:.3g})")
+                if not least["reachable"]:
+                    figure += ": no front end in its own Python process can meet the limit on this host"
         else:
             figure = f"({goal.get('reason', '')})"
         mark = {"met": "MET", "missed": "MISSED", "undecided": "UNDECIDED"}.get(verdict, verdict.upper())

@@ -66,6 +66,29 @@ def test_a_missing_floor_is_left_out() -> None:
     assert "bound" not in result
 
 
+def test_the_least_the_design_can_do_says_whether_the_limit_is_reachable() -> None:
+    """A goal's design floor (a bare proxy in the front end's place) at 1.35x: no front end of that
+    design can meet 1.2x, and the report says so. At 1.1x it could. Without the floor's samples
+    nothing is claimed. (Judging the design floor against the limit with `>=` made this fail.)"""
+    import report
+
+    goal = Goal("echo", "echo at most 1.2x raw", "echo", "front end", "ratio_max", 1.2, "raw",
+                design_floor="bare proxy")
+    samples = {"raw": spread(1.0), "front end": spread(1.6), "bare proxy": spread(1.35)}
+    result = judge(goal, {"echo": Row("echo", "echo", "ms", samples)})
+    least = result["design_floor"]
+    assert least["variant"] == "bare proxy" and abs(least["value"] - 1.35) < 0.01 and least["ci95"][0] > 1.2
+    assert least["reachable"] is False
+    line = report.goal_lines({"goals": [result]}, False)[0]
+    assert "bare proxy) 1.35" in line and "no front end in its own Python process can meet the limit" in line
+    samples["bare proxy"] = spread(1.1)
+    cheap = judge(goal, {"echo": Row("echo", "echo", "ms", samples)})
+    assert cheap["design_floor"]["reachable"] is True
+    assert "can meet the limit" not in report.goal_lines({"goals": [cheap]}, False)[0]
+    del samples["bare proxy"]
+    assert "design_floor" not in judge(goal, {"echo": Row("echo", "echo", "ms", samples)})
+
+
 def drifting(ratio: float, rounds: int = 30, block: int = 1) -> dict[str, list[float]]:
     """Samples of a machine whose speed swings by up to 4x from round to round, while within a round
     "front end" stays `ratio` times "raw" (give or take 1%)."""
