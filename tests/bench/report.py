@@ -50,6 +50,18 @@ def table_lines(result: dict[str, Any], markdown: bool) -> list[str]:
     return lines
 
 
+#: What the judge says about a goal's reachability (record.judge): key, label, and what a miss means.
+LIMIT_NOTES = (
+    ("bound", "their costs added", "no front end through the owner can meet the limit on this host"),
+    ("design_floor", "the least this design can do ({variant})",
+     "no front end in its own Python process can meet the limit on this host"),
+)
+
+
+def _estimate(estimate: dict[str, Any]) -> str:
+    return f"{estimate['value']:.3g} (95% CI {estimate['ci95'][0]:.3g} to {estimate['ci95'][1]:.3g})"
+
+
 def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
     lines = []
     for goal in result["goals"]:
@@ -60,21 +72,12 @@ def goal_lines(result: dict[str, Any], markdown: bool) -> list[str]:
             figure = f"{goal['value']:.3g} (95% CI {low:.3g} to {high:.3g}{paired}; limit {goal['limit']:g})"
             floors = goal.get("floors", [])
             if floors:
-                figure += "; floors: " + ", ".join(
-                    f"{f['variant']} {f['value']:.3g} (95% CI {f['ci95'][0]:.3g} to {f['ci95'][1]:.3g})"
-                    for f in floors)
-            if "bound" in goal:
-                bound = goal["bound"]
-                figure += (f"; their costs added {bound['value']:.3g} (95% CI {bound['ci95'][0]:.3g} to "
-                           f"{bound['ci95'][1]:.3g})")
-                if not bound["reachable"]:
-                    figure += ": no front end through the owner can meet the limit on this host"
-            if "design_floor" in goal:
-                least = goal["design_floor"]
-                figure += (f"; the least this design can do ({least['variant']}) {least['value']:.3g} (95% CI "
-                           f"{least['ci95'][0]:.3g} to {least['ci95'][1]:.3g})")
-                if not least["reachable"]:
-                    figure += ": no front end in its own Python process can meet the limit on this host"
+                figure += "; floors: " + ", ".join(f"{f['variant']} {_estimate(f)}" for f in floors)
+            for key, label, unreachable in LIMIT_NOTES:
+                if key in goal:
+                    figure += f"; {label.format(**goal[key])} {_estimate(goal[key])}"
+                    if not goal[key]["reachable"]:
+                        figure += f": {unreachable}"
         else:
             figure = f"({goal.get('reason', '')})"
         mark = {"met": "MET", "missed": "MISSED", "undecided": "UNDECIDED"}.get(verdict, verdict.upper())
