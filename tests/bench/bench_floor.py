@@ -36,8 +36,10 @@ KEYS = 100
 
 async def _owner_console(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """The owner's console socket in harness mode: plain bytes both ways, the least it serves."""
+    from emulator.protocol import make_hello
+
     reader, writer = await asyncio.open_unix_connection(path)
-    writer.write(json.dumps({"mode": "harness", "client": "bench-proxy", "from_offset": None}).encode() + b"\n")
+    writer.write(make_hello("harness", "bench-proxy"))
     await reader.readline()
     return reader, writer
 

@@ -55,6 +55,7 @@ from emulator import resolve_image  # noqa: E402
 from emulator.accel import choose_accel  # noqa: E402
 from emulator.gateway import ssh as gateway_ssh  # noqa: E402
 from emulator.gateway.auth import hash_password  # noqa: E402
+from emulator.protocol import make_hello  # noqa: E402
 from emulator.qemu_args import SERIAL_ID, find_qemu, qemu_args  # noqa: E402
 from emulator.ssh_loopback import loopback_sshd  # noqa: E402
 
@@ -310,7 +311,7 @@ class WebBench:
 
     async def console_reader(self, mode: str = "read") -> RawSocketStream:
         reader, writer = await asyncio.open_unix_connection(str(self.console_sock()))
-        writer.write(json.dumps({"mode": mode, "client": "bench-raw", "from_offset": None}).encode() + b"\n")
+        writer.write(make_hello(mode, "bench-raw"))
         await reader.readline()
         return RawSocketStream(reader, writer)
 
@@ -340,8 +341,7 @@ class AsyncioOwner:
     async def console(self, from_offset: int | None = None) -> RawSocketStream:
         assert self.machine.folder is not None
         reader, writer = await asyncio.open_unix_connection(str(self.machine.folder / "console.sock"))
-        writer.write(json.dumps({"mode": "harness", "client": "bench-asyncio",
-                                 "from_offset": from_offset}).encode() + b"\n")
+        writer.write(make_hello("harness", "bench-asyncio", from_offset=from_offset))
         await reader.readline()
         return RawSocketStream(reader, writer)
 
