@@ -277,23 +277,23 @@ def judge(goal: Goal, rows: dict[str, Row]) -> dict[str, Any]:
 
     verdict = "met" if good(low) and good(high) else "missed" if not good(low) and not good(high) else "undecided"
     out.update(value=point, ci95=[low, high], verdict=verdict)
+    def against_baseline(name: str) -> dict[str, Any]:
+        assert goal.baseline is not None
+        value, low, high, _ = ratio_ci(row.samples[name], row.samples[goal.baseline], stat=goal.stat,
+                                       rounds=row.rounds)
+        return {"variant": name, "value": value, "ci95": [low, high]}
+
     floors = [name for name in goal.floors if row.samples.get(name)]
     if floors and goal.baseline:
-        base = row.samples[goal.baseline]
-        out["floors"] = []
-        for name in floors:
-            value, low, high, _ = ratio_ci(row.samples[name], base, stat=goal.stat, rounds=row.rounds)
-            out["floors"].append({"variant": name, "value": value, "ci95": [low, high]})
+        out["floors"] = [against_baseline(name) for name in floors]
         if len(floors) >= 2:
-            value, low, high, _ = excess_sum_ci([row.samples[name] for name in floors], base, stat=goal.stat,
-                                                rounds=row.rounds)
+            value, low, high, _ = excess_sum_ci([row.samples[name] for name in floors], row.samples[goal.baseline],
+                                                stat=goal.stat, rounds=row.rounds)
             out["bound"] = {"variants": floors, "value": value, "ci95": [low, high],
                             "reachable": good(low) or good(high)}
     if goal.design_floor and goal.baseline and row.samples.get(goal.design_floor):
-        value, low, high, _ = ratio_ci(row.samples[goal.design_floor], row.samples[goal.baseline], stat=goal.stat,
-                                       rounds=row.rounds)
-        out["design_floor"] = {"variant": goal.design_floor, "value": value, "ci95": [low, high],
-                               "reachable": good(low) or good(high)}
+        least = against_baseline(goal.design_floor)
+        out["design_floor"] = {**least, "reachable": good(least["ci95"][0]) or good(least["ci95"][1])}
     return out
 
 
